@@ -1,0 +1,77 @@
+"""DetCon-B on ImageNet, the paper's recipe (SPEC 3-8).
+
+Every hyperparameter lives here; `main_loop` flags override a few fields.
+Use with `python -m detcon.main_loop --config=detcon/configs/detcon_b.py`
+(the default) and override any field as `--config.optimizer.momentum=0.95`.
+"""
+
+import ml_collections
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the DetCon-B config."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = 'detcon_b'  # 'detcon_b' or 'byol' (image-level baseline).
+
+  # Data (SPEC 1-2).
+  c.dataset_directory = '/tmp/imagenet-fh-train'
+  c.num_train_images = 0  # Epoch size; 0 = count the training records.
+  c.num_classes = 1000
+  c.image_size = 224
+  c.shuffle_buffer_batches = 10
+
+  # Schedule (SPEC 7).
+  c.batch_size = 4096  # Global, over all devices and hosts.
+  c.pretrain_epochs = 1000
+  c.max_steps = 0  # > 0 overrides the step count derived from the epochs.
+
+  # Networks (SPEC 4).
+  c.model = ml_collections.ConfigDict(dict(
+      encoder='ResNet50',
+      width_multiplier=1,
+      projector_hidden_size=4096,
+      projector_output_size=256,
+      predictor_hidden_size=4096,
+      bn_decay=0.9,
+      bn_eps=1e-5,
+  ))
+  c.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+
+  # Mask pooling and loss (SPEC 5-6).
+  c.detcon = ml_collections.ConfigDict(dict(
+      fh_mask_to_use=0,
+      num_samples=16,
+      max_mask_id=256,
+      temperature=0.1,
+  ))
+
+  # Augmentations (SPEC 3), one entry per view.
+  c.augment = ml_collections.ConfigDict(dict(
+      brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+      color_jitter_prob=(0.8, 0.8),
+      grayscale_prob=(0.2, 0.2),
+      blur_prob=(1.0, 0.1),
+      blur_sigma=(0.1, 2.0),
+      solarize_prob=(0.0, 0.2),
+      solarize_threshold=0.5,
+  ))
+
+  # Optimiser (SPEC 7).
+  c.optimizer = ml_collections.ConfigDict(dict(
+      base_learning_rate=0.2,  # x batch_size / 256.
+      warmup_epochs_divisor=100,  # warm-up epochs = pretrain_epochs // this.
+      weight_decay=1.5e-6,
+      eta=1e-3,
+      momentum=0.9,
+  ))
+  c.base_target_ema = 0.996
+
+  # Checkpoints and logging.
+  c.checkpoint_dir = ''  # '' = no checkpoints.
+  c.save_checkpoint_interval = 300  # Seconds.
+  c.keep_checkpoints = 3
+  c.log_tensors_interval = 60  # Seconds.
+  return c
