@@ -1,0 +1,89 @@
+"""The DetCon-B contrastive detection loss and BYOL's regression loss (SPEC 6).
+
+Shapes: B images per device, K sampled masks per image, D projection size.
+"""
+
+import jax
+import jax.numpy as jnp
+
+_REMOVED = -1e9  # Logit of a candidate taken out of the softmax.
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
+                                       1e-12))
+
+
+def _one_direction(pred, cross, own, pind, cross_ind, own_ind, temperature,
+                   axis_name):
+  """Mean over local (b, i) of the weighted cross-entropy of one view's masks.
+
+  Args:
+    pred: `[B, K, D]` online predictions of view a.
+    cross: `[B, K, D]` target projections of the other view.
+    own: `[B, K, D]` target projections of view a.
+    pind: int `[B, K]` ids of `pred`; `cross_ind`, `own_ind` likewise.
+    temperature: softmax temperature.
+    axis_name: data-parallel axis whose targets are gathered as negatives.
+  """
+  b, k, _ = pred.shape
+  pred, cross, own = map(_l2_normalize, (pred, cross, own))
+  offset = 0
+  if axis_name is not None:
+    cross = jax.lax.all_gather(cross, axis_name, tiled=True)
+    own = jax.lax.all_gather(own, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * b
+  n = cross.shape[0]  # Images over all devices.
+  # same_image[b, u]: target image u is image b of this device.
+  same_image = jnp.arange(n)[None, :] == (offset + jnp.arange(b))[:, None]
+  same_image = same_image[:, None, :, None]  # [B, 1, N, 1]
+  # Ids of the candidates for each local image, [B, 1, 1, K] vs [B, K, 1, 1].
+  positive = same_image & (pind[:, :, None, None] ==
+                           cross_ind[:, None, None, :])
+  same_object = same_image & (pind[:, :, None, None] ==
+                              own_ind[:, None, None, :])
+  logits_cross = jnp.einsum('bid,uvd->biuv', pred, cross) / temperature
+  logits_own = jnp.einsum('bid,uvd->biuv', pred, own) / temperature
+  logits_own = jnp.where(same_object, _REMOVED, logits_own)
+  logits = jnp.concatenate([logits_cross.reshape(b, k, -1),
+                            logits_own.reshape(b, k, -1)], axis=-1)
+  positive = positive.reshape(b, k, -1).astype(jnp.float32)
+  num_positives = positive.sum(-1)
+  labels = positive / jnp.maximum(num_positives, 1.0)[..., None]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  cross_entropy = -jnp.sum(labels * log_probs[..., :n * k], axis=-1)
+  multiplicity = jnp.sum(pind[:, :, None] == pind[:, None, :], axis=-1)
+  weight = jnp.where(num_positives > 0, 1.0 / multiplicity, 0.0)
+  return jnp.mean(weight * cross_entropy)
+
+
+def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
+                    tind2, temperature=0.1, axis_name=None):
+  """The DetCon loss, summed over both directions.
+
+  Args:
+    pred1, pred2: `[B, K, D]` online predictions of views 1 and 2.
+    target1, target2: `[B, K, D]` target projections (no gradient needed).
+    pind1, pind2: int `[B, K]` mask ids of the predictions.
+    tind1, tind2: int `[B, K]` mask ids of the target projections.
+    temperature: softmax temperature (0.1).
+    axis_name: inside a data-parallel map, the axis whose devices' targets
+      are gathered as extra negatives. The value is this device's mean over
+      its (b, i); its mean over devices equals the one-device loss on the
+      whole batch.
+
+  Returns:
+    Scalar loss.
+  """
+  return (_one_direction(pred1, target2, target1, pind1, tind2, tind1,
+                         temperature, axis_name) +
+          _one_direction(pred2, target1, target2, pind2, tind1, tind2,
+                         temperature, axis_name))
+
+
+def byol_regression(pred1, pred2, target1, target2):
+  """BYOL's normalised regression loss on `[B, D]` vectors, both directions."""
+  def one(p, t):
+    return jnp.mean(2.0 - 2.0 * jnp.sum(_l2_normalize(p) * _l2_normalize(t),
+                                        -1))
+  return one(pred1, target2) + one(pred2, target1)

@@ -1,0 +1,227 @@
+"""The DetCon-B / BYOL training step, data parallel over all devices.
+
+One step (SPEC 3-7): augment both views on device, assign each 32x32 cell of
+each view's FH mask to its majority id, sample 16 ids per view, run the online
+network (encoder -> mask pooling -> projector -> predictor, plus the
+classifier) and the target network (encoder -> mask pooling -> projector) on
+both views, take the DetCon (or BYOL) loss plus the classifier's
+cross-entropy, apply LARS, and move the target towards the online network.
+
+The step runs under `shard_map` over a 1-D mesh of every device of every
+process (axis `data`): each device holds `batch / devices` images; BatchNorm
+statistics are averaged over the axis, targets are gathered as negatives, and
+the loss is averaged over the axis inside the differentiated function, so the
+gradient is exactly that of the loss on the global batch.
+"""
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import jmp
+import ml_collections
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from detcon import augment, losses, masks, networks, optim
+
+AXIS = 'data'
+TARGET_MODULES = ('encoder', 'projector')  # The target has no predictor.
+
+
+class TrainState(NamedTuple):
+  """Everything a checkpoint holds; every leaf is replicated on all devices."""
+  step: jax.Array  # int32 scalar.
+  params: hk.Params  # Online network.
+  state: hk.State  # Online BatchNorm statistics.
+  target_params: hk.Params  # EMA of the online encoder and projector.
+  target_state: hk.State  # The target's own BatchNorm statistics.
+  opt_state: optax.OptState
+  rng: jax.Array  # Base key; each step folds in the step and device.
+
+
+def grid_size(image_size: int) -> int:
+  """Cells per side of the encoder's output (stride 32)."""
+  if image_size % 32:
+    raise ValueError(f'--image_size={image_size} must be a multiple of 32 '
+                     '(the encoder output stride), e.g. 64, 96, 224')
+  return image_size // 32
+
+
+def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
+  """Returns the Haiku network `f(images, pool_weights, online)`.
+
+  `images`: float `[B, S, S, 3]` in [0, 1]; `pool_weights`: `[B, K, cells]`.
+  Output dict: `projection` `[B, K, 256]`; when `online`, also `prediction`
+  `[B, K, 256]` and classifier `logits` `[B, num_classes]`. Always in
+  training mode (BatchNorm on batch statistics).
+  """
+  m = config.model
+  bn = networks.bn_config(m.bn_decay, m.bn_eps, axis_name)
+  policy = jmp.get_policy(f'params=float32,compute={config.dtype},'
+                          'output=float32')
+  hk.mixed_precision.set_policy(networks.ResNetEncoder, policy)
+  hk.mixed_precision.set_policy(networks.MLP, policy)
+  hk.mixed_precision.set_policy(hk.BatchNorm, jmp.get_policy('float32'))
+
+  def forward(images, pool_weights, online):
+    encoder = networks.ResNetEncoder(m.encoder, m.width_multiplier, bn)
+    features = encoder(images, is_training=True)
+    b, _, _, c = features.shape
+    features = features.reshape(b, -1, c).astype(jnp.float32)
+    pooled = jnp.einsum('bkc,bcd->bkd', pool_weights, features)
+    projection = networks.MLP(m.projector_hidden_size, m.projector_output_size,
+                              bn, name='projector')(pooled, True)
+    out = {'projection': projection}
+    if online:
+      out['prediction'] = networks.MLP(
+          m.predictor_hidden_size, m.projector_output_size, bn,
+          name='predictor')(projection, True)
+      out['logits'] = hk.Linear(config.num_classes, name='classifier')(
+          jax.lax.stop_gradient(features.mean(1)))
+    return out
+
+  return hk.transform_with_state(forward)
+
+
+def target_subset(tree):
+  """The encoder and projector entries of a Haiku params or state tree."""
+  return hk.data_structures.filter(
+      lambda module, *_: module.split('/')[0] in TARGET_MODULES, tree)
+
+
+def make_optimizer(config, total_steps: int, warmup_steps: int):
+  o = config.optimizer
+
+  def schedule(step):
+    return optim.learning_rate_schedule(
+        step, batch_size=config.batch_size, total_steps=total_steps,
+        warmup_steps=warmup_steps, base_learning_rate=o.base_learning_rate)
+
+  return optim.lars(schedule, o.weight_decay, o.eta, o.momentum), schedule
+
+
+def init_state(config, rng: jax.Array, optimizer) -> TrainState:
+  """Initialises online, target and optimiser state (on the host device)."""
+  net = make_network(config, axis_name=None)
+  size, k = config.image_size, config.detcon.num_samples
+  cells = grid_size(size) ** 2
+  init_rng, net_rng = jax.random.split(rng)
+  images = jnp.zeros((2, size, size, 3), jnp.float32)
+  params, state = net.init(net_rng, images,
+                           jnp.full((2, k, cells), 1.0 / cells), True)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, state=state,
+      # Copies: the step donates its input, so no two leaves may share memory.
+      target_params=jax.tree.map(jnp.copy, target_subset(params)),
+      target_state=jax.tree.map(jnp.copy, target_subset(state)),
+      opt_state=optimizer.init(params), rng=init_rng)
+
+
+def _view_pooling(rng, fh_masks, config):
+  """Cell ids, sampled ids `[B, K]` and pooling weights of one view."""
+  d = config.detcon
+  b = fh_masks.shape[0]
+  cells = grid_size(config.image_size)
+  if config.objective == 'byol':
+    return jnp.zeros((b, 1), jnp.int32), masks.global_pooling_weights(
+        b, cells * cells)
+  cell_ids = masks.cell_mask_ids(fh_masks[..., d.fh_mask_to_use], cells,
+                                 d.max_mask_id)
+  ids = masks.sample_mask_ids(rng, cell_ids, d.num_samples, d.max_mask_id)
+  return ids, masks.pooling_weights(cell_ids, ids)
+
+
+def _local_step(ts: TrainState, batch, *, config, net, optimizer, schedule,
+                total_steps: int):
+  """The step on one device's shard of the batch (inside `shard_map`)."""
+  rng = jax.random.fold_in(jax.random.fold_in(ts.rng, ts.step),
+                           jax.lax.axis_index(AXIS))
+  aug1, aug2, mask1, mask2 = jax.random.split(rng, 4)
+  aug_cfg = config.augment.to_dict()
+  view1 = augment.augment_view(aug1, batch['view1'], aug_cfg, 0)
+  view2 = augment.augment_view(aug2, batch['view2'], aug_cfg, 1)
+  ids1, weights1 = _view_pooling(mask1, batch['fh_segmentations1'], config)
+  ids2, weights2 = _view_pooling(mask2, batch['fh_segmentations2'], config)
+
+  def loss_fn(params):
+    online1, state = net.apply(params, ts.state, None, view1, weights1, True)
+    online2, state = net.apply(params, state, None, view2, weights2, True)
+    target1, tstate = net.apply(ts.target_params, ts.target_state, None,
+                                view1, weights1, False)
+    target2, tstate = net.apply(ts.target_params, tstate, None, view2,
+                                weights2, False)
+    t1 = jax.lax.stop_gradient(target1['projection'])
+    t2 = jax.lax.stop_gradient(target2['projection'])
+    if config.objective == 'byol':
+      repr_loss = losses.byol_regression(
+          online1['prediction'][:, 0], online2['prediction'][:, 0],
+          t1[:, 0], t2[:, 0])
+    else:
+      repr_loss = losses.byol_nce_detcon(
+          online1['prediction'], online2['prediction'], t1, t2,
+          ids1, ids2, ids1, ids2, config.detcon.temperature, AXIS)
+    logits = online1['logits']
+    classif_loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['labels']).mean()
+    top1 = (jnp.argmax(logits, -1) == batch['labels']).mean()
+    metrics = dict(repr_loss=repr_loss, classif_loss=classif_loss, top1=top1)
+    metrics = jax.lax.pmean(metrics, AXIS)
+    loss = metrics['repr_loss'] + metrics['classif_loss']
+    return loss, (state, tstate, metrics)
+
+  (loss, (state, target_state, metrics)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(ts.params)
+  updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+  params = optax.apply_updates(ts.params, updates)
+  tau = optim.target_ema(ts.step, total_steps, config.base_target_ema)
+  target_params = optim.ema_update(ts.target_params, target_subset(params),
+                                   tau)
+  metrics = dict(metrics, loss=loss, lr=schedule(ts.step), tau=tau)
+  new = TrainState(step=ts.step + 1, params=params, state=state,
+                   target_params=target_params, target_state=target_state,
+                   opt_state=opt_state, rng=ts.rng)
+  return new, metrics
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), (AXIS,))
+
+
+def make_train_step(config, mesh, optimizer, schedule, total_steps: int):
+  """Returns the jitted `step(state, batch) -> (state, metrics)`.
+
+  `batch` leaves are global arrays sharded along their first axis over the
+  mesh (see `shard_batch`); state and metrics are replicated.
+  """
+  net = make_network(config, axis_name=AXIS)
+  local = jax.shard_map(
+      lambda ts, b: _local_step(ts, b, config=config, net=net,
+                                optimizer=optimizer, schedule=schedule,
+                                total_steps=total_steps),
+      mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+  return jax.jit(local, donate_argnums=0)
+
+
+def replicate(tree, mesh):
+  """Places a host tree on every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(local_batch: Mapping[str, Any], mesh):
+  """Turns this process's batch `[local_devices, b, ...]` into global arrays.
+
+  The leading two axes are merged, so each device gets its `b` images; with
+  several processes the global batch is the concatenation of theirs.
+  """
+  sharding = NamedSharding(mesh, P(AXIS))
+
+  def one(x):
+    x = x.reshape(-1, *x.shape[2:])
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(one, dict(local_batch))
