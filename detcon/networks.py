@@ -1,19 +1,20 @@
 """Haiku networks of DetCon-B (SPEC 4): ResNet v1 encoder, MLP heads.
 
 Parameter names (what checkpoints and exports key on), for ResNet-50:
-  encoder/~/initial_conv/w                      [7, 7, 3, 64]
-  encoder/~/initial_batchnorm/{scale,offset}    [1, 1, 1, 64]
-  encoder/~/block_group_G/~/block_B/~/conv_{0,1,2}/w
-  encoder/~/block_group_G/~/block_B/~/batchnorm_{0,1,2}/{scale,offset}
-  encoder/~/block_group_G/~/block_0/~/shortcut_conv/w, shortcut_batchnorm/...
-  projector/~/linear_0, projector/~/batchnorm, projector/~/linear_1
-  predictor/~/...   (same shape as projector; online network only)
-  classifier/~/linear                          [features, num_classes]
+  encoder/initial_conv/w                        [7, 7, 3, 64]
+  encoder/initial_batchnorm/{scale,offset}      [1, 1, 1, 64]
+  encoder/block_group_G/~/block_B/~/conv_{0,1,2}/w
+  encoder/block_group_G/~/block_B/~/batchnorm_{0,1,2}/{scale,offset}
+  encoder/block_group_G/~/block_0/~/shortcut_{conv,batchnorm}/...
+  projector/{linear_0,batchnorm,linear_1}, predictor/... (online only)
+  classifier/{w,b}                              [2048, num_classes]
 BatchNorm statistics live in the Haiku state under the same module names
-(`.../batchnorm_0/~/mean_ema/average` etc.).
+(`encoder/initial_batchnorm/~/mean_ema` -> {counter, hidden, average}, and
+`.../~/var_ema`).
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import haiku as hk
 import jax
@@ -70,8 +71,8 @@ class ResNetEncoder(hk.Module):
     x = jax.nn.relu(x)
     x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
                     padding='SAME')
-    for i, (num_blocks, channels) in enumerate(zip(self._blocks,
-                                                   self._channels)):
+    for i, (num_blocks, channels) in enumerate(
+        zip(self._blocks, self._channels, strict=True)):
       x = hk.nets.ResNet.BlockGroup(
           channels=channels, num_blocks=num_blocks, stride=1 if i == 0 else 2,
           bn_config=self._bn, resnet_v2=False, bottleneck=self._bottleneck,

@@ -1,0 +1,74 @@
+"""Checkpoints with orbax: save, keep the last few, resume from the newest.
+
+A checkpoint directory holds one sub-folder per saved step. Orbax writes each
+to a temporary name and renames it once complete, so a process killed during
+a save leaves the previous checkpoints intact and readable. Each step folder
+holds two items: `state` (the whole `TrainState`: step, online and target
+parameters, BatchNorm statistics, optimiser state and RNG) and `config` (the
+run's config as JSON, so exports and evaluations rebuild the same network).
+"""
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """A manager over `directory` (created when missing) keeping the newest N."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=('state', 'config'))
+
+
+def save(manager: ocp.CheckpointManager, train_state,
+         config: ml_collections.ConfigDict) -> None:
+  """Starts saving `train_state` at its step (asynchronously; see `wait`)."""
+  step = int(jax.device_get(train_state.step))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(train_state._asdict()),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+
+def restore_latest_state(manager: ocp.CheckpointManager, like):
+  """Restores the newest checkpoint into the structure and shardings of `like`.
+
+  Args:
+    manager: from `make_manager`.
+    like: a `TrainState` (arrays or `jax.ShapeDtypeStruct`s) whose structure,
+      shapes and shardings the restored state takes.
+
+  Returns:
+    The restored `TrainState`, or None when the directory has no checkpoint.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like._asdict())
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))
+  return type(like)(**restored['state'])
+
+
+def restore_latest(checkpoint_dir: str) -> dict[str, Any]:
+  """Reads the newest checkpoint on the host, for export and evaluation.
+
+  Returns:
+    `{'step': int, 'params': online params, 'state': online BatchNorm state,
+    'target_params': ..., 'config': ConfigDict}` as NumPy arrays.
+  """
+  if not os.path.isdir(checkpoint_dir):
+    raise FileNotFoundError(f'no checkpoint directory {checkpoint_dir!r}; '
+                            'pass the --checkpoint_dir of a pretraining run')
+  manager = make_manager(checkpoint_dir)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{checkpoint_dir!r} holds no checkpoint')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+  state = restored['state']
+  return dict(step=int(state['step']), params=state['params'],
+              state=state['state'], target_params=state['target_params'],
+              config=ml_collections.ConfigDict(restored['config']))
