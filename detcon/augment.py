@@ -54,12 +54,12 @@ def _augment_image(rng, image, cfg, view):
   return jnp.clip(image, 0.0, 1.0)
 
 
-def augment_view(rng: jax.Array, images: jax.Array, cfg: Mapping[str, Any],
+def augment_view(keys: jax.Array, images: jax.Array, cfg: Mapping[str, Any],
                  view: int) -> jax.Array:
   """Augments a batch `[B, H, W, 3]` as view 0 or 1 (probabilities per view).
 
   Args:
-    rng: PRNG key; split into one key per image.
+    keys: `[B]` PRNG keys, one per image.
     images: float `[B, H, W, 3]` in [0, 1].
     cfg: the config's `augment` fields (probabilities are pairs per view).
     view: 0 for the first view, 1 for the second.
@@ -67,5 +67,4 @@ def augment_view(rng: jax.Array, images: jax.Array, cfg: Mapping[str, Any],
   Returns:
     float `[B, H, W, 3]` in [0, 1], same dtype as `images`.
   """
-  keys = jax.random.split(rng, images.shape[0])
   return jax.vmap(lambda k, x: _augment_image(k, x, cfg, view))(keys, images)

@@ -51,8 +51,8 @@ _SHORTCUTS = {
                                  'checkpoints. Config default: 300.'),
     'dtype': (flags.DEFINE_enum, 'Compute dtype (parameters stay float32). '
               'Config default: float32.'),
-    'num_train_images': (flags.DEFINE_integer, 'Epoch size; default: read '
-                         'from dataset_info.json or counted from the records.'),
+    'num_train_images': (flags.DEFINE_integer, 'Epoch size; default: counted '
+                         'from the train records.'),
 }
 _FLAGS = {}
 for _name, (_define, _help) in _SHORTCUTS.items():
@@ -83,7 +83,7 @@ def config_from_flags() -> ml_collections.ConfigDict:
       target[name] = flag.value
   if _IS_TEST.value:
     config.batch_size, config.max_steps, config.image_size = 4, 1, 224
-    config.model.encoder, config.num_train_images = 'ResNet50', 4
+    config.model.encoder, config.mock_data = 'ResNet50', True
   return config
 
 
@@ -111,21 +111,29 @@ def validate(config) -> None:
                      f'the {devices} devices; use a multiple of {devices}')
 
 
-def mock_batches(config, local_devices: int, per_device: int, seed: int = 0):
-  """Endless random images with blocky masks, shaped like the real input."""
-  rng = np.random.default_rng(seed)
-  s = config.image_size
-  shape = (local_devices, per_device)
+def mock_batches(config, local_devices: int, per_device: int):
+  """Endless random images with blocky masks, shaped like the real input.
+
+  Each process yields its slice of the same seeded global batch, so runs on
+  any number of devices and processes see the same data.
+  """
+  rng = np.random.default_rng(config.seed)
+  s, n = config.image_size, config.batch_size
+  start = jax.process_index() * local_devices * per_device
+  local = slice(start, start + local_devices * per_device)
+
+  def blocks():
+    coarse = rng.integers(0, 6, (n, 4, 4))
+    return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[..., None]
+
   while True:
-    def blocks():
-      coarse = rng.integers(0, 6, shape + (4, 4))
-      return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[
-          ..., None].astype(np.int32)
-    yield dict(view1=rng.random(shape + (s, s, 3), np.float32),
-               view2=rng.random(shape + (s, s, 3), np.float32),
-               fh_segmentations1=blocks(), fh_segmentations2=blocks(),
-               labels=rng.integers(0, config.num_classes, shape,
-                                   dtype=np.int32))
+    batch = dict(view1=rng.random((n, s, s, 3), np.float32),
+                 view2=rng.random((n, s, s, 3), np.float32),
+                 fh_segmentations1=blocks().astype(np.int32),
+                 fh_segmentations2=blocks().astype(np.int32),
+                 labels=rng.integers(0, config.num_classes, n, dtype=np.int32))
+    yield {k: v[local].reshape(local_devices, per_device, *v.shape[1:])
+           for k, v in batch.items()}
 
 
 def real_batches(config, local_devices: int, per_device: int):
@@ -133,13 +141,14 @@ def real_batches(config, local_devices: int, per_device: int):
   from detcon import data  # pylint: disable=g-import-not-at-top
   data.hide_gpus_from_tf()
   paths = data.find_shards(config.dataset_directory, 'train')
-  data.check_dataset(paths)
   if not config.num_train_images:
-    config.num_train_images = data.num_records(config.dataset_directory,
-                                               'train', paths)
+    config.num_train_images = data.count_records(paths)
+    logging.info('Counted %d training records in %d shards.',
+                 config.num_train_images, len(paths))
   ds = data.make_pretrain_dataset(
       paths, per_device_batch=per_device, local_devices=local_devices,
-      image_size=config.image_size, seed=config.seed,
+      image_size=config.image_size,
+      fh_mask_to_use=config.detcon.fh_mask_to_use, seed=config.seed,
       shuffle_buffer_batches=config.shuffle_buffer_batches)
   return ds.as_numpy_iterator()
 
@@ -162,7 +171,8 @@ def run(config) -> dict[str, float]:
   validate(config)
   local_devices = jax.local_device_count()
   per_device = config.batch_size // jax.device_count()
-  if _IS_TEST.value:
+  if config.mock_data:
+    config.num_train_images = config.num_train_images or config.batch_size
     batches = mock_batches(config, local_devices, per_device)
   else:
     batches = real_batches(config, local_devices, per_device)
@@ -260,10 +270,12 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   maybe_initialize_distributed()
   config = config_from_flags()
-  metrics = run(config)
-  if _IS_TEST.value:
-    print(json.dumps({k: metrics[k] for k in ('loss', 'repr_loss',
-                                              'classif_loss', 'lr', 'tau')}))
+  try:
+    metrics = run(config)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'detcon.main_loop: error: {e}')
+  # The last logged scalars, one JSON line (the smoke test's output).
+  print(json.dumps(metrics, sort_keys=True))
 
 
 if __name__ == '__main__':

@@ -7,8 +7,9 @@ per-cell histogram is built by a scatter-add into `[B, cells, max_mask_id + 1]`
 counts: no full-resolution one-hot, no loop over the batch.
 
 Ids at or above `max_mask_id` (possible once masks are stored wider than
-uint8) share one overflow bucket, id `max_mask_id`: such a cell belongs to no
-sampled object, so it neither crashes nor aliases another object.
+uint8), and negative ids, share one overflow bucket, id `max_mask_id`: such a
+cell belongs to no sampled object, so it neither crashes nor aliases another
+object.
 """
 
 import jax
@@ -33,7 +34,8 @@ def cell_mask_ids(masks: jax.Array, grid_size: int,
                      f'x{grid_size} feature grid; use an image size that is a '
                      'multiple of 32')
   ch, cw = h // grid_size, w // grid_size
-  ids = jnp.minimum(masks.astype(jnp.int32), max_mask_id)
+  ids = masks.astype(jnp.int32)
+  ids = jnp.where((ids < 0) | (ids > max_mask_id), max_mask_id, ids)
   # [B, g, ch, g, cw] -> [B, g*g, ch*cw]: the pixels of each cell.
   ids = ids.reshape(b, grid_size, ch, grid_size, cw)
   ids = ids.transpose(0, 1, 3, 2, 4).reshape(b, grid_size * grid_size, ch * cw)

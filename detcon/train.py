@@ -121,31 +121,48 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
       opt_state=optimizer.init(params), rng=init_rng)
 
 
-def _view_pooling(rng, fh_masks, config):
-  """Cell ids, sampled ids `[B, K]` and pooling weights of one view."""
+def _view_pooling(keys, fh_masks, config):
+  """Sampled ids `[B, K]` and weights from one view's masks `[B, S, S, 1]`.
+
+  The input pipeline keeps only the config's `fh_mask_to_use` channel.
+  """
   d = config.detcon
   b = fh_masks.shape[0]
   cells = grid_size(config.image_size)
   if config.objective == 'byol':
     return jnp.zeros((b, 1), jnp.int32), masks.global_pooling_weights(
         b, cells * cells)
-  cell_ids = masks.cell_mask_ids(fh_masks[..., d.fh_mask_to_use], cells,
+  cell_ids = masks.cell_mask_ids(fh_masks[..., 0], cells,
                                  d.max_mask_id)
-  ids = masks.sample_mask_ids(rng, cell_ids, d.num_samples, d.max_mask_id)
+  ids = jax.vmap(lambda k, c: masks.sample_mask_ids(
+      k, c[None], d.num_samples, d.max_mask_id)[0])(keys, cell_ids)
   return ids, masks.pooling_weights(cell_ids, ids)
+
+
+def _image_keys(ts: TrainState, local_batch: int) -> jax.Array:
+  """`[B, 4]` keys per image, from its index in the global batch.
+
+  Keying by the global index makes augmentations and mask samples the same
+  whatever the number of devices and processes.
+  """
+  first = jax.lax.axis_index(AXIS) * local_batch
+  step_rng = jax.random.fold_in(ts.rng, ts.step)
+  index = first + jnp.arange(local_batch)
+  return jax.vmap(
+      lambda i: jax.random.split(jax.random.fold_in(step_rng, i), 4))(index)
 
 
 def _local_step(ts: TrainState, batch, *, config, net, optimizer, schedule,
                 total_steps: int):
   """The step on one device's shard of the batch (inside `shard_map`)."""
-  rng = jax.random.fold_in(jax.random.fold_in(ts.rng, ts.step),
-                           jax.lax.axis_index(AXIS))
-  aug1, aug2, mask1, mask2 = jax.random.split(rng, 4)
+  keys = _image_keys(ts, batch['labels'].shape[0])
   aug_cfg = config.augment.to_dict()
-  view1 = augment.augment_view(aug1, batch['view1'], aug_cfg, 0)
-  view2 = augment.augment_view(aug2, batch['view2'], aug_cfg, 1)
-  ids1, weights1 = _view_pooling(mask1, batch['fh_segmentations1'], config)
-  ids2, weights2 = _view_pooling(mask2, batch['fh_segmentations2'], config)
+  view1 = augment.augment_view(keys[:, 0], batch['view1'], aug_cfg, 0)
+  view2 = augment.augment_view(keys[:, 1], batch['view2'], aug_cfg, 1)
+  ids1, weights1 = _view_pooling(keys[:, 2], batch['fh_segmentations1'],
+                                 config)
+  ids2, weights2 = _view_pooling(keys[:, 3], batch['fh_segmentations2'],
+                                 config)
 
   def loss_fn(params):
     online1, state = net.apply(params, ts.state, None, view1, weights1, True)

@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_classes = 1000
   c.image_size = 224
   c.shuffle_buffer_batches = 10
+  c.mock_data = False  # Random images and blocky masks instead of records.
 
   # Schedule (SPEC 7).
   c.batch_size = 4096  # Global, over all devices and hosts.

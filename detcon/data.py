@@ -1,0 +1,503 @@
+"""The tf.data input pipeline on the CPU (SPEC 2).
+
+Reads the TFRecords of `generate_fh_masks_for_imagenet.py` (format in
+`detcon.records`) and yields NumPy-able dicts:
+
+* `make_pretrain_dataset`: two augmented views of every image with their FH
+  masks cropped, flipped and resized alongside, batched to
+  `[local_devices, per_device_batch, ...]`; infinite.
+* `make_eval_dataset`: one view per image, either a random crop and flip
+  (linear-probe training; infinite) or the centre crop (evaluation; one pass).
+
+Randomness is stateless: element k of the (seeded) shuffled stream of a
+process draws its crops and flips from `fold_in([seed, process_index], k)`, and
+the reading order is deterministic, so a seed reproduces the same batches.
+
+Bad records fail with a message that names the problem, the file and the fix:
+`check_dataset` reads the first record eagerly (ValueError) and every record
+is checked again inside the pipeline (`tf.errors.InvalidArgumentError` with
+the same text, raised when its batch is produced).
+"""
+
+import os
+import re
+import struct
+
+import jax
+import tensorflow as tf
+
+from detcon import records
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ('train', 'validation')
+CROP_AREA = (0.08, 1.0)  # Fraction of the image area.
+CROP_ASPECT = (3 / 4, 4 / 3)  # Width / height.
+EVAL_CROP_PADDING = 32
+FIX = 'regenerate the records with generate_fh_masks_for_imagenet.py'
+ERR_NO_MASKS = (f'record without FH masks (empty {records.MASK_KEY}): the '
+                f'records were written without segmentations; {FIX}')
+ERR_MASK_SIZE = ('FH mask size differs from its image (image/height x '
+                 'image/width): the masks belong to another image or another '
+                 f'layout; {FIX}')
+ERR_IMAGE_SIZE = ('image/height, image/width differ from the size of the '
+                  f'encoded image; {FIX}')
+ERR_LABEL = ('image/class/label must be 1-based (>= 1; 0 is reserved for '
+             f'background); {FIX}')
+ERR_MASK_INDEX = ('fh_mask_to_use is not below the number of masks in the '
+                  'record; use a smaller index, or regenerate the records '
+                  'with more --fh_scales/--fh_min_sizes')
+
+
+def hide_gpus_from_tf() -> None:
+  """Hides every GPU from TensorFlow so that it never takes one from JAX.
+
+  Safe to call any number of times. Raises RuntimeError when TensorFlow has
+  already initialised (and so holds) a GPU.
+  """
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError as e:
+    if tf.config.get_visible_devices('GPU'):
+      raise RuntimeError(
+          'TensorFlow already initialised a GPU; call '
+          'detcon.data.hide_gpus_from_tf() before any TensorFlow op') from e
+
+
+def find_shards(directory: str, split: str) -> list[str]:
+  """Returns the sorted shard paths `<directory>/<split>-%05d-of-%05d`.
+
+  Args:
+    directory: folder written by `generate_fh_masks_for_imagenet.py` (any
+      path `tf.io.gfile` reads, e.g. `gs://...`).
+    split: 'train' or 'validation'.
+
+  Raises:
+    FileNotFoundError: no such directory, or no shard of `split` in it.
+    ValueError: unknown split, files named like shards of `split` that do not
+      follow the naming, shards of different set sizes, or missing shards (a
+      partial set would silently train on a subset of the classes).
+  """
+  if split not in SPLITS:
+    raise ValueError(f'unknown split {split!r}; use one of {SPLITS}')
+  expected = f'{split}-%05d-of-%05d'
+  if not tf.io.gfile.isdir(directory):
+    raise FileNotFoundError(
+        f'dataset directory {directory!r} does not exist; write the records '
+        'with generate_fh_masks_for_imagenet.py and point '
+        '--dataset_directory at its output directory')
+  names = sorted(n for n in tf.io.gfile.listdir(directory)
+                 if n.startswith(f'{split}-'))
+  pattern = re.compile(rf'{split}-(\d{{5}})-of-(\d{{5}})')
+  matches = [pattern.fullmatch(n) for n in names]
+  bad = [n for n, m in zip(names, matches, strict=True) if not m]
+  if bad:
+    raise ValueError(
+        f'{directory!r} holds files named like {split} shards that do not '
+        f'follow the naming {expected!r}: {_listing(bad)}; rename or remove '
+        'them')
+  if not names:
+    raise FileNotFoundError(
+        f'no {split} shards (named {expected!r}) in {directory!r}; write them '
+        'with generate_fh_masks_for_imagenet.py')
+  totals = sorted({int(m.group(2)) for m in matches})
+  if len(totals) > 1:
+    raise ValueError(
+        f'{directory!r} mixes {split} shard sets of sizes {totals}; keep the '
+        f'shards of one run of generate_fh_masks_for_imagenet.py')
+  total = totals[0]
+  present = {int(m.group(1)) for m in matches}
+  missing = [expected % (i, total) for i in range(total) if i not in present]
+  extra = [i for i in present if i >= total]
+  if missing or extra:
+    raise ValueError(
+        f'incomplete {split} shards in {directory!r}: missing '
+        f'{_listing(missing)}; out of range: {extra}. A partial set trains on '
+        'a subset of the classes: finish (generate_fh_masks_for_imagenet.py '
+        'resumes) or regenerate the records')
+  return [os.path.join(directory, n) for n in names]
+
+
+def _listing(items, limit=8):
+  shown = ', '.join(items[:limit])
+  return shown + (f' and {len(items) - limit} more' if len(items) > limit
+                  else '')
+
+
+def count_records(paths: list[str]) -> int:
+  """Counts the records of TFRecord files (e.g. for the epoch size).
+
+  Local files are counted from the record headers (length prefixes) without
+  reading the payload, which takes seconds for ImageNet; other file systems
+  are read through tf.data.
+  """
+  local = [p for p in paths if '://' not in p]
+  remote = [p for p in paths if '://' in p]
+  count = sum(_count_local_records(p) for p in local)
+  if remote:
+    ds = tf.data.TFRecordDataset(remote, num_parallel_reads=AUTOTUNE)
+    count += int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+  return count
+
+
+def _count_local_records(path):
+  """Counts records by hopping over `length, crc, data, crc` frames."""
+  count = 0
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    while f.tell() < size:
+      header = f.read(12)  # uint64 length, uint32 crc of the length.
+      if len(header) < 12:
+        raise ValueError(f'{path} is truncated or not a TFRecord file')
+      (length,) = struct.unpack('<Q', header[:8])
+      f.seek(length + 4, os.SEEK_CUR)
+      if f.tell() > size:
+        raise ValueError(f'{path} is truncated or not a TFRecord file')
+      count += 1
+  return count
+
+
+def check_dataset(paths: list[str], fh_mask_to_use: int | None = None):
+  """Checks the first record of `paths` eagerly, to fail before training.
+
+  Raises:
+    ValueError: no records, an unreadable file, or a bad first record (no
+      masks, masks of another size than the image, wrong label...), with a
+      message that says how to fix it.
+  """
+  hide_gpus_from_tf()
+  for path in paths:
+    try:
+      for serialized in tf.data.TFRecordDataset(path).take(1):
+        _parse(serialized, decode_masks=True, fh_mask_to_use=fh_mask_to_use)
+        return
+    except tf.errors.InvalidArgumentError as e:
+      raise ValueError(f'{path}: first record: {e.message}') from e
+    except tf.errors.DataLossError as e:
+      raise ValueError(f'{path} is not a TFRecord file or is corrupt: '
+                       f'{e.message}') from e
+  raise ValueError(f'no records in {_listing(list(paths))}; {FIX}')
+
+
+def sample_crop_window(seed, height, width):
+  """Draws an Inception-style crop window, one draw, no retries (SPEC 2).
+
+  Target area ~ U(0.08, 1) x height x width, aspect (w / h) = exp(U(log 3/4,
+  log 4/3)); w = round(sqrt(area x aspect)), h = round(sqrt(area / aspect)),
+  each clipped to [1, image side]; offsets uniform over the valid range.
+
+  Args:
+    seed: int32/int64 `[2]` stateless seed.
+    height: scalar int, image height in pixels.
+    width: scalar int, image width in pixels.
+
+  Returns:
+    int32 `[4]`: (y, x, h, w) in pixels, inside the image.
+  """
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  u = tf.random.stateless_uniform([4], seed, dtype=tf.float32)
+  area_frac = CROP_AREA[0] + (CROP_AREA[1] - CROP_AREA[0]) * u[0]
+  area = area_frac * tf.cast(height * width, tf.float32)
+  log_lo, log_hi = tf.math.log(CROP_ASPECT[0]), tf.math.log(CROP_ASPECT[1])
+  aspect = tf.exp(log_lo + (log_hi - log_lo) * u[1])
+  w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+  h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  w = tf.clip_by_value(w, 1, width)
+  h = tf.clip_by_value(h, 1, height)
+  y = tf.cast(u[2] * tf.cast(height - h + 1, tf.float32), tf.int32)
+  x = tf.cast(u[3] * tf.cast(width - w + 1, tf.float32), tf.int32)
+  return tf.stack([tf.minimum(y, height - h), tf.minimum(x, width - w), h, w])
+
+
+def center_crop_window(height, width, image_size):
+  """The evaluation window: a centred square of side S/(S+32) x min(H, W).
+
+  Returns:
+    int32 `[4]`: (y, x, h, w) in pixels, as the original (side truncated,
+    offsets `(H - side + 1) // 2`).
+  """
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  ratio = image_size / (image_size + EVAL_CROP_PADDING)
+  side = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32),
+                 tf.int32)
+  side = tf.maximum(side, 1)
+  return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side,
+                   side])
+
+
+def _parse(serialized, *, decode_masks, fh_mask_to_use):
+  """Parses and checks one record.
+
+  Returns:
+    dict: `image` (the encoded bytes), `height`, `width` (int32 scalars),
+    `label` (int32, 0-based) and, when `decode_masks`, `masks` (int32
+    `[H, W, n]`, or `[H, W, 1]` holding channel `fh_mask_to_use`).
+  """
+  spec = dict(records.feature_spec())
+  spec['image/filename'] = tf.io.FixedLenFeature([], tf.string, '')
+  f = tf.io.parse_single_example(serialized, spec)
+  image = f['image/encoded']
+  height = tf.cast(f['image/height'], tf.int32)
+  width = tf.cast(f['image/width'], tf.int32)
+  label = tf.cast(f['image/class/label'], tf.int32)
+  where = tf.strings.join(['image/filename: ', f['image/filename']])
+  is_jpeg = tf.io.is_jpeg(image)
+  image_shape = tf.cond(
+      is_jpeg,
+      lambda: tf.io.extract_jpeg_shape(image)[:2],
+      lambda: tf.shape(tf.io.decode_image(image, 3,
+                                          expand_animations=False))[:2])
+  checks = [
+      tf.debugging.Assert(label >= 1, [ERR_LABEL, where, label]),
+      tf.debugging.Assert(
+          tf.reduce_all(image_shape == tf.stack([height, width])),
+          [ERR_IMAGE_SIZE, where, height, width, image_shape]),
+  ]
+  out = dict(image=image, height=height, width=width, label=label - 1)
+  if decode_masks:
+    data = f[records.MASK_KEY]
+    empty = tf.equal(tf.strings.length(data), 0)
+    checks += [
+        tf.debugging.Assert(tf.logical_not(empty), [ERR_NO_MASKS, where]),
+        tf.debugging.Assert(empty | _mask_size_ok(data, height, width),
+                            [ERR_MASK_SIZE, where, height, width]),
+    ]
+    with tf.control_dependencies(checks):
+      masks = records.decode_masks_tf(data, height, width)
+    if fh_mask_to_use is not None:
+      n_masks = tf.shape(masks)[2]
+      checks.append(tf.debugging.Assert(
+          fh_mask_to_use < n_masks, [ERR_MASK_INDEX, where, n_masks]))
+      with tf.control_dependencies(checks):
+        masks = masks[:, :, fh_mask_to_use:fh_mask_to_use + 1]
+    out['masks'] = masks
+  with tf.control_dependencies(checks):
+    return {k: tf.identity(v) for k, v in out.items()}
+
+
+def _mask_size_ok(data, height, width):
+  """Whether the mask bytes hold whole `[height, width]` maps (bool scalar).
+
+  PNG: the IHDR size must be `width x (n x height)`; checking the width too
+  catches masks of the wrong shape whose pixel count happens to fit. Raw: the
+  byte count must be a non-zero multiple of `height x width`.
+  """
+  def png_ok():
+    # IHDR: big-endian uint32 width and height at bytes 16-23.
+    size = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32,
+                            little_endian=False)
+    return (size[0] == width) & (size[1] > 0) & (size[1] % height == 0)
+
+  def raw_ok():
+    n = tf.strings.length(data)
+    return (n > 0) & (n % (height * width) == 0)
+
+  is_png = tf.equal(tf.strings.substr(data, 0, 8), records.PNG_SIGNATURE)
+  return tf.cond(
+      is_png,
+      lambda: tf.cond(tf.strings.length(data) >= 24, png_ok,
+                      lambda: tf.constant(False)),
+      raw_ok)
+
+
+def _decode_and_crop(image, window):
+  """Decodes the crop `window` (y, x, h, w) of encoded image bytes.
+
+  JPEGs (any APP marker: JFIF, Exif, Adobe...) only decode the window; other
+  formats (PNG, GIF, BMP, WebP) decode whole, then crop.
+
+  Returns:
+    uint8 `[h, w, 3]`.
+  """
+  def jpeg():
+    return tf.io.decode_and_crop_jpeg(image, window, channels=3)
+
+  def other():
+    decoded = tf.io.decode_image(image, 3, expand_animations=False)
+    return decoded[window[0]:window[0] + window[2],
+                   window[1]:window[1] + window[3]]
+
+  return tf.cond(tf.io.is_jpeg(image), jpeg, other)
+
+
+def _resize_image(image, image_size):
+  """uint8 `[h, w, 3]` -> float32 `[S, S, 3]` in [0, 1], bicubic."""
+  image = tf.image.resize(image, [image_size, image_size], 'bicubic')
+  return tf.clip_by_value(image / 255., 0., 1.)
+
+
+def _random_view(parsed, seed, image_size):
+  """One augmented view: random crop, flip p=0.5, resize (SPEC 2, 1-4).
+
+  Returns:
+    (float32 `[S, S, 3]` in [0, 1], int32 `[S, S, n]` masks, or None when
+    `parsed` has no masks).
+  """
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  window = sample_crop_window(crop_seed, parsed['height'], parsed['width'])
+  image = _decode_and_crop(parsed['image'], window)
+  masks = parsed.get('masks')
+  if masks is not None:
+    masks = masks[window[0]:window[0] + window[2],
+                  window[1]:window[1] + window[3]]
+  flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+
+  def flip_lr(x):
+    return tf.cond(flip, lambda: tf.reverse(x, [1]), lambda: x)
+
+  image = _resize_image(flip_lr(image), image_size)
+  if masks is not None:
+    masks = tf.image.resize(flip_lr(masks), [image_size, image_size],
+                            'nearest')
+  return image, masks
+
+
+def _element_seed(seed, process_index, index):
+  """Stateless `[2]` int64 seed of stream element `index` of a process."""
+  base = tf.constant([seed, process_index], tf.int64)
+  return tf.random.experimental.stateless_fold_in(base, index)
+
+
+def _read(paths, *, process_index, process_count, shuffle, seed):
+  """Serialized records of this process: `tf.data.Dataset` of tf.string.
+
+  Files are split over processes (`paths[i::count]`); with fewer files than
+  processes every file is read and its records are split instead. With
+  `shuffle` the file order is shuffled every epoch and the stream repeats.
+  """
+  paths = list(paths)
+  if not paths:
+    raise ValueError('no TFRecord paths given; use find_shards()')
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  shard_records = len(paths) < process_count
+  if not shard_records:
+    paths = paths[process_index::process_count]
+
+  def read_file(path):
+    ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+    if shard_records:
+      ds = ds.shard(process_count, process_index)
+    return ds
+
+  files = tf.data.Dataset.from_tensor_slices(paths)
+  if shuffle:
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    files = files.repeat()
+  return files.interleave(read_file, cycle_length=min(len(paths), 16),
+                          block_length=1, num_parallel_calls=AUTOTUNE,
+                          deterministic=True)
+
+
+def make_pretrain_dataset(
+    paths: list[str], *, per_device_batch: int, local_devices: int,
+    image_size: int = 224, fh_mask_to_use: int | None = None, seed: int = 0,
+    process_index: int | None = None, process_count: int | None = None,
+    shuffle_buffer_batches: int = 10) -> tf.data.Dataset:
+  """The infinite DetCon pretraining stream of this JAX process (SPEC 2).
+
+  Args:
+    paths: TFRecord shards (`find_shards(directory, 'train')`), all of them:
+      they are split over processes here.
+    per_device_batch: images per device.
+    local_devices: devices of this process (`jax.local_device_count()`).
+    image_size: side S of the square views, in pixels.
+    fh_mask_to_use: None keeps every mask channel; an index keeps that one
+      channel only (cheaper), still as a trailing axis of size 1.
+    seed: seeds the file order, the shuffle and every crop and flip.
+    process_index, process_count: default `jax.process_index()`,
+      `jax.process_count()`.
+    shuffle_buffer_batches: shuffle buffer size in batches of this process
+      (the buffer holds serialized records, ~0.1-0.6 MB each on ImageNet).
+
+  Returns:
+    A dataset of dicts, with L = local_devices, B = per_device_batch:
+      `view1`, `view2`: float32 `[L, B, S, S, 3]` in [0, 1];
+      `fh_segmentations1`, `fh_segmentations2`: int32 `[L, B, S, S, n]`, the
+        mask ids of each view (n = masks per record, or 1);
+      `labels`: int32 `[L, B]`, 0-based (record label - 1).
+  """
+  hide_gpus_from_tf()
+  check_dataset(paths, fh_mask_to_use)
+  index = jax.process_index() if process_index is None else process_index
+  batch = per_device_batch * local_devices
+  ds = _read(paths, process_index=process_index, process_count=process_count,
+             shuffle=True, seed=seed)
+  ds = ds.shuffle(shuffle_buffer_batches * batch, seed=seed)
+  ds = ds.enumerate()
+
+  def preprocess(k, serialized):
+    parsed = _parse(serialized, decode_masks=True,
+                    fh_mask_to_use=fh_mask_to_use)
+    seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
+        _element_seed(seed, index, k), 2))
+    view1, masks1 = _random_view(parsed, seed1, image_size)
+    view2, masks2 = _random_view(parsed, seed2, image_size)
+    return dict(view1=view1, view2=view2, fh_segmentations1=masks1,
+                fh_segmentations2=masks2, labels=parsed['label'])
+
+  def split_devices(x):
+    return tf.reshape(x, tf.concat([[local_devices, per_device_batch],
+                                    tf.shape(x)[1:]], 0))
+
+  ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+  ds = ds.map(lambda b: tf.nest.map_structure(split_devices, b))
+  return ds.prefetch(AUTOTUNE)
+
+
+def make_eval_dataset(
+    paths: list[str], *, batch_size: int, image_size: int = 224,
+    mode: str = 'center', seed: int = 0, process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle_buffer_batches: int = 10) -> tf.data.Dataset:
+  """Images and labels for linear evaluation (no masks are decoded).
+
+  Args:
+    paths: TFRecord shards, split over processes as in pretraining.
+    batch_size: images per batch of this process.
+    image_size: side S of the square images, in pixels.
+    mode: 'random': random crop (as in pretraining) and flip, shuffled,
+      infinite, full batches only. 'center': the centre crop of
+      `center_crop_window`, one pass in file order, not shuffled; the last
+      batch is smaller when the records do not fill it.
+    seed: seeds the 'random' mode.
+    process_index, process_count: default `jax.process_index()`,
+      `jax.process_count()`.
+    shuffle_buffer_batches: shuffle buffer in batches ('random' only).
+
+  Returns:
+    A dataset of dicts: `images` float32 `[batch, S, S, 3]` in [0, 1],
+    `labels` int32 `[batch]`, 0-based.
+  """
+  hide_gpus_from_tf()
+  if mode not in ('center', 'random'):
+    raise ValueError(f"unknown eval mode {mode!r}; use 'center' or 'random'")
+  index = jax.process_index() if process_index is None else process_index
+  random = mode == 'random'
+  ds = _read(paths, process_index=process_index, process_count=process_count,
+             shuffle=random, seed=seed)
+  if random:
+    ds = ds.shuffle(shuffle_buffer_batches * batch_size, seed=seed)
+  ds = ds.enumerate()
+
+  def preprocess(k, serialized):
+    parsed = _parse(serialized, decode_masks=False, fh_mask_to_use=None)
+    if random:
+      image, _ = _random_view(parsed, _element_seed(seed, index, k),
+                              image_size)
+    else:
+      window = center_crop_window(parsed['height'], parsed['width'],
+                                  image_size)
+      image = _resize_image(_decode_and_crop(parsed['image'], window),
+                            image_size)
+    return dict(images=image, labels=parsed['label'])
+
+  ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=random,
+                num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,260 @@
+"""Slow, loop-based reference implementations written from SPEC.md 5-7.
+
+These are deliberately naive: plain NumPy (float64) and Python loops, one
+line of code per sentence of the specification where possible, so that they
+can be checked by eye. They exist only to test the fast implementations in
+`detcon/`; never import them from library code.
+"""
+
+import math
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# SPEC 5: mask pooling and sampling.
+# ---------------------------------------------------------------------------
+
+
+def cell_mask_ids(masks, grid_size, max_mask_id=256):
+  """Majority mask id of each cell of a `grid_size` x `grid_size` grid.
+
+  Args:
+    masks: integer array [B, H, W]; H and W divisible by `grid_size`.
+    grid_size: number of cells along each side.
+    max_mask_id: ids >= this are counted together in one overflow bucket
+      whose id value is `max_mask_id`.
+
+  Returns:
+    int64 array [B, grid_size * grid_size]; cell c is the row-major index of
+    the pixel block, the value is the id covering most of its pixels, ties
+    going to the lower id.
+  """
+  masks = np.asarray(masks)
+  batch, height, width = masks.shape
+  cell_h = height // grid_size
+  cell_w = width // grid_size
+  out = np.zeros((batch, grid_size * grid_size), dtype=np.int64)
+  for b in range(batch):
+    for row in range(grid_size):
+      for col in range(grid_size):
+        counts = {}
+        for y in range(row * cell_h, (row + 1) * cell_h):
+          for x in range(col * cell_w, (col + 1) * cell_w):
+            mask_id = int(masks[b, y, x])
+            if mask_id >= max_mask_id:
+              mask_id = max_mask_id
+            counts[mask_id] = counts.get(mask_id, 0) + 1
+        best_id = None
+        for mask_id in sorted(counts):  # Ascending: the lower id wins ties.
+          if best_id is None or counts[mask_id] > counts[best_id]:
+            best_id = mask_id
+        out[b, row * grid_size + col] = best_id
+  return out
+
+
+def sampleable_ids(cell_ids, max_mask_id=256):
+  """Per image, the sorted ids < max_mask_id that own at least one cell."""
+  cell_ids = np.asarray(cell_ids)
+  result = []
+  for b in range(cell_ids.shape[0]):
+    present = set()
+    for c in range(cell_ids.shape[1]):
+      if int(cell_ids[b, c]) < max_mask_id:
+        present.add(int(cell_ids[b, c]))
+    result.append(sorted(present))
+  return result
+
+
+def pooling_weights(cell_ids, sampled_ids):
+  """weights[b, k, c] = 1/n if cell c has id sampled_ids[b, k], else 0."""
+  cell_ids = np.asarray(cell_ids)
+  sampled_ids = np.asarray(sampled_ids)
+  batch, num_cells = cell_ids.shape
+  num_samples = sampled_ids.shape[1]
+  weights = np.zeros((batch, num_samples, num_cells), dtype=np.float64)
+  for b in range(batch):
+    for k in range(num_samples):
+      owned = [c for c in range(num_cells)
+               if cell_ids[b, c] == sampled_ids[b, k]]
+      for c in owned:
+        weights[b, k, c] = 1.0 / len(owned)
+  return weights
+
+
+def pooled_features(cell_ids, sampled_ids, features):
+  """Mean of features[b, c] over the cells c owned by sampled_ids[b, k]."""
+  cell_ids = np.asarray(cell_ids)
+  sampled_ids = np.asarray(sampled_ids)
+  features = np.asarray(features, dtype=np.float64)
+  batch, num_cells, dim = features.shape
+  num_samples = sampled_ids.shape[1]
+  out = np.zeros((batch, num_samples, dim), dtype=np.float64)
+  for b in range(batch):
+    for k in range(num_samples):
+      total = np.zeros(dim, dtype=np.float64)
+      count = 0
+      for c in range(num_cells):
+        if cell_ids[b, c] == sampled_ids[b, k]:
+          total += features[b, c]
+          count += 1
+      out[b, k] = total / count
+  return out
+
+
+# ---------------------------------------------------------------------------
+# SPEC 6: the contrastive detection loss.
+# ---------------------------------------------------------------------------
+
+
+def _normalise(v):
+  v = np.asarray(v, dtype=np.float64)
+  return v / np.linalg.norm(v)
+
+
+def _log_softmax(logits):
+  logits = np.asarray(logits, dtype=np.float64)
+  top = np.max(logits)
+  return logits - (top + math.log(np.sum(np.exp(logits - top))))
+
+
+def detcon_direction(pred, pred_ids, cross_targets, cross_ids, own_targets,
+                     own_ids, temperature=0.1, image_offset=0):
+  """One direction of the DetCon loss, summed (not yet averaged) over (b, i).
+
+  Args:
+    pred: [B, K, D] online predictions of view a (local images).
+    pred_ids: [B, K] their sampled mask ids.
+    cross_targets: [U, V, D] target projections of the other view, for all
+      images (U >= B when targets are gathered from several devices).
+    cross_ids: [U, V] their ids.
+    own_targets: [U, V, D] target projections of view a, all images.
+    own_ids: [U, V] their ids.
+    temperature: softmax temperature tau.
+    image_offset: index in the target arrays of the local image 0 (the
+      images' "same image" partner is target image `image_offset + b`).
+
+  Returns:
+    (sum over (b, i) of weight x cross-entropy, number of (b, i) terms).
+  """
+  pred = np.asarray(pred, dtype=np.float64)
+  cross_targets = np.asarray(cross_targets, dtype=np.float64)
+  own_targets = np.asarray(own_targets, dtype=np.float64)
+  num_images, num_masks = pred.shape[:2]
+  num_target_images, num_target_masks = cross_targets.shape[:2]
+  total = 0.0
+  for b in range(num_images):
+    same_image = image_offset + b
+    for i in range(num_masks):
+      p = _normalise(pred[b, i])
+      my_id = int(pred_ids[b, i])
+      logits = []
+      is_positive = []
+      # Every target of the other view: positive iff same image, same id.
+      for u in range(num_target_images):
+        for v in range(num_target_masks):
+          t = _normalise(cross_targets[u, v])
+          logits.append(float(np.dot(p, t)) / temperature)
+          is_positive.append(u == same_image and int(cross_ids[u, v]) == my_id)
+      # Every target of the own view, except the same object in the same
+      # image (removed from the softmax); all are negatives.
+      for u in range(num_target_images):
+        for v in range(num_target_masks):
+          if u == same_image and int(own_ids[u, v]) == my_id:
+            continue
+          t = _normalise(own_targets[u, v])
+          logits.append(float(np.dot(p, t)) / temperature)
+          is_positive.append(False)
+      num_positives = sum(is_positive)
+      if num_positives == 0:
+        continue  # Weight 0: the object was not sampled in the other view.
+      log_probs = _log_softmax(logits)
+      cross_entropy = 0.0
+      for log_prob, positive in zip(log_probs, is_positive, strict=True):
+        if positive:
+          cross_entropy -= log_prob / num_positives
+      same_id_count = sum(
+          1 for j in range(num_masks) if int(pred_ids[b, j]) == my_id)
+      total += cross_entropy / same_id_count
+  return total, num_images * num_masks
+
+
+def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
+                    tind2, temperature=0.1, image_offset=0):
+  """DetCon loss: mean over (b, i) of each direction, summed over both.
+
+  With `image_offset` and targets/ids covering more images than the
+  predictions, this is the per-device value when targets are gathered from
+  all devices: the local predictions are images image_offset .. + B - 1.
+  """
+  sum_1, count_1 = detcon_direction(pred1, pind1, target2, tind2, target1,
+                                    tind1, temperature, image_offset)
+  sum_2, count_2 = detcon_direction(pred2, pind2, target1, tind1, target2,
+                                    tind2, temperature, image_offset)
+  return sum_1 / count_1 + sum_2 / count_2
+
+
+def byol_regression(pred1, pred2, target1, target2):
+  """Mean over batch of (2 - 2 cos(p1, t2)) + (2 - 2 cos(p2, t1))."""
+  total = 0.0
+  batch = len(pred1)
+  for b in range(batch):
+    cos_12 = np.dot(_normalise(pred1[b]), _normalise(target2[b]))
+    cos_21 = np.dot(_normalise(pred2[b]), _normalise(target1[b]))
+    total += (2.0 - 2.0 * cos_12) + (2.0 - 2.0 * cos_21)
+  return total / batch
+
+
+# ---------------------------------------------------------------------------
+# SPEC 7: optimisation.
+# ---------------------------------------------------------------------------
+
+
+def learning_rate(step, batch_size, total_steps, warmup_steps,
+                  base_learning_rate=0.2):
+  """Linear warm-up to base x batch/256, then cosine decay to 0."""
+  peak = base_learning_rate * batch_size / 256.0
+  if step < warmup_steps:
+    return peak * step / warmup_steps
+  progress = (step - warmup_steps) / (total_steps - warmup_steps)
+  return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def target_ema(step, total_steps, base_ema=0.996):
+  """tau_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2."""
+  return 1.0 - (1.0 - base_ema) * (math.cos(math.pi * step / total_steps)
+                                   + 1.0) / 2.0
+
+
+def is_excluded_from_lars(param_name):
+  """Biases and BatchNorm parameters: anything but a conv/linear weight."""
+  return param_name != 'w'
+
+
+def lars_step(params, grads, momentum_buffers, lr, weight_decay=1.5e-6,
+              eta=1e-3, momentum=0.9):
+  """One LARS step on a {module: {name: array}} dict, as SPEC 7 states it.
+
+  Returns (updates, new_momentum_buffers); new params = params + updates.
+  """
+  updates = {}
+  new_buffers = {}
+  for module in params:
+    updates[module] = {}
+    new_buffers[module] = {}
+    for name in params[module]:
+      w = np.asarray(params[module][name], dtype=np.float64)
+      g = np.asarray(grads[module][name], dtype=np.float64)
+      m = np.asarray(momentum_buffers[module][name], dtype=np.float64)
+      if not is_excluded_from_lars(name):
+        g = g + weight_decay * w
+        w_norm = math.sqrt(float(np.sum(w * w)))
+        g_norm = math.sqrt(float(np.sum(g * g)))
+        if w_norm == 0.0 or g_norm == 0.0:
+          trust_ratio = 1.0
+        else:
+          trust_ratio = eta * w_norm / g_norm
+        g = trust_ratio * g
+      m = momentum * m + g
+      new_buffers[module][name] = m
+      updates[module][name] = -lr * m
+  return updates, new_buffers
