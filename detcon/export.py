@@ -44,13 +44,6 @@ therefore give slightly different features in an unmodified torchvision model
 (fine for fine-tuning); `patch_tf_same_padding` makes a torchvision model pad
 like Haiku, after which the features match to float precision.
 
-`networks.ResNetEncoder` gives the first block of every group a projection
-shortcut, also group 0 of ResNet-18/34, where torchvision's resnet18/34 have
-the identity; their state dicts therefore have 4 + 2 extra keys
-'layer1.0.downsample.{0.weight,1.*}', which `make_torchvision_model` adds to the
-torchvision model before loading (for ResNet-50 and deeper, names match
-torchvision exactly).
-
 Encoders whose names torchvision lacks are mapped with the same scheme
 (`make_torchvision_model` builds ResNet-200 as `ResNet(Bottleneck, [3, 24, 36,
 3])`). A width multiplier > 1 widens every layer, stem included, which
@@ -58,7 +51,7 @@ torchvision's `wide_resnet*` models do not: those state dicts keep torchvision
 names but fit no torchvision constructor.
 
 Usage:
-  python -m detcon.export --checkpoint_dir=/tmp/detcon_ckpt \
+  python -m detcon.export --checkpoint_dir=/tmp/detcon_ckpt \\
       --output=/tmp/resnet50_detcon_b.pth --format=torchvision
 """
 
@@ -397,33 +390,12 @@ def make_torchvision_model(encoder: str,
   else:
     model = getattr(resnet, name)(weights=None, num_classes=num_classes)
   if state_dict is not None:
-    _add_missing_shortcuts(model, state_dict)
     model.load_state_dict(
         {k: torch.as_tensor(np.array(v)) for k, v in state_dict.items()},
         strict=True)
   if tf_same_padding:
     patch_tf_same_padding(model)
   return model.eval()
-
-
-def _add_missing_shortcuts(model, state_dict: Mapping[str, Any]) -> None:
-  """Gives a block a projection shortcut where `state_dict` has one.
-
-  `networks.ResNetEncoder` projects the shortcut of the first block of every
-  group, including group 0 of ResNet-18/34, which torchvision leaves as the
-  identity; such a state dict has 'layer1.0.downsample.*' keys.
-  """
-  from torch import nn
-  from torchvision.models import resnet
-
-  for key, w in state_dict.items():
-    m = re.fullmatch(r'layer(\d)\.(\d+)\.downsample\.0\.weight', key)
-    if m:
-      block = getattr(model, f'layer{m.group(1)}')[int(m.group(2))]
-      if block.downsample is None:
-        out, inp = np.shape(w)[:2]
-        block.downsample = nn.Sequential(
-            resnet.conv1x1(inp, out, block.stride), nn.BatchNorm2d(out))
 
 
 def _tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -76,7 +76,7 @@ class ResNetEncoder(hk.Module):
       x = hk.nets.ResNet.BlockGroup(
           channels=channels, num_blocks=num_blocks, stride=1 if i == 0 else 2,
           bn_config=self._bn, resnet_v2=False, bottleneck=self._bottleneck,
-          use_projection=True, name=f'block_group_{i}')(
+          use_projection=i > 0 or self._bottleneck, name=f'block_group_{i}')(
               x, is_training, test_local_stats=False)
     return x
 
