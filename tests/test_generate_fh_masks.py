@@ -1,0 +1,346 @@
+"""End-to-end tests of generate_fh_masks_for_imagenet.py (SPEC 1).
+
+The real script runs in a subprocess on small ImageNet-layout folders of
+real photos (`detcon.sample_data`); its shards are read back and checked
+against an independent run of FH on the decoded stored images.
+"""
+
+import collections
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from skimage import segmentation
+
+from detcon import records, sample_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'generate_fh_masks_for_imagenet.py')
+SHARD_ARGS = ('--train_shards=4', '--validation_shards=2')
+ONE_PAIR = ('--fh_scales=100', '--fh_min_sizes=50')
+TWO_PAIRS = ('--fh_scales=100,300', '--fh_min_sizes=50,100')
+
+
+def run_script(*args, cwd):
+  return subprocess.run(
+      [sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+
+
+def read_records(path):
+  """The records of one shard, each a dict of feature name -> value."""
+  parsed = []
+  for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+    example = tf.train.Example.FromString(raw)
+    parsed.append({k: getattr(f, f.WhichOneof('kind')).value[0]
+                   for k, f in example.features.feature.items()})
+  return parsed
+
+
+def final_names(directory):
+  return sorted(n for n in os.listdir(directory) if not n.startswith('.'))
+
+
+def read_output(directory):
+  """{shard name: [record dict]} for every final shard of `directory`."""
+  return {n: read_records(os.path.join(directory, n))
+          for n in final_names(directory)}
+
+
+def by_split(shards, split):
+  return [r for name, recs in sorted(shards.items())
+          if name.startswith(split + '-') for r in recs]
+
+
+class Data:
+  """The input folders of the module and what they should give."""
+
+  def __init__(self, root):
+    self.root = root
+    self.train = os.path.join(root, 'train')
+    self.val = os.path.join(root, 'val')
+    self.synsets = sample_data.make_imagenet_folder(
+        self.train, num_classes=3, images_per_class=8, seed=0)
+    sample_data.make_imagenet_folder(self.val, num_classes=3,
+                                     images_per_class=3, seed=1)
+    self.bad_dir = os.path.join(self.train, self.synsets[1])
+    self.bad = sample_data.make_bad_files(self.bad_dir)
+
+  def files(self, directory):
+    """{(synset, file name): path} of every file under `directory`."""
+    return {(s, n): os.path.join(directory, s, n)
+            for s in sorted(os.listdir(directory))
+            for n in os.listdir(os.path.join(directory, s))}
+
+  def expected(self, directory):
+    """The (synset, file name) pairs that must each appear once."""
+    return {key for key in self.files(directory)
+            if key[0] != self.synsets[1] or self.bad.get(key[1]) != 'skipped'}
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  return Data(str(tmp_path_factory.mktemp('inputs')))
+
+
+@pytest.fixture(scope='module')
+def png_run(data):
+  """One FH pair, PNG masks, labels from the folders, 2 workers."""
+  out = os.path.join(data.root, 'out', 'png')  # Parent missing too.
+  proc = run_script(f'--train_directory={data.train}',
+                    f'--validation_directory={data.val}',
+                    f'--output_directory={out}', *SHARD_ARGS, *ONE_PAIR,
+                    '--num_threads=2', cwd=data.root)
+  assert proc.returncode == 0, proc.stderr
+  return proc, out, read_output(out)
+
+
+@pytest.fixture(scope='module')
+def raw_run(data):
+  """Two FH pairs, raw masks, labels and texts from the metadata files."""
+  labels = ['n09999999'] + data.synsets[::-1]  # Not the folder order.
+  labels_file = os.path.join(data.root, 'synsets.txt')
+  with open(labels_file, 'w') as f:
+    f.write('\n'.join(labels) + '\n')
+  texts = {s: f'class {s[-1]}, a test' for s in labels}
+  metadata_file = os.path.join(data.root, 'metadata.txt')
+  with open(metadata_file, 'w') as f:
+    f.writelines(f'{s}\t{t}\n' for s, t in texts.items())
+  out = os.path.join(data.root, 'out', 'raw')
+  proc = run_script(f'--train_directory={data.train}',
+                    f'--validation_directory={data.val}',
+                    f'--output_directory={out}', *SHARD_ARGS, *TWO_PAIRS,
+                    '--mask_encoding=raw', '--num_threads=2',
+                    f'--labels_file={labels_file}',
+                    f'--imagenet_metadata_file={metadata_file}',
+                    cwd=data.root)
+  assert proc.returncode == 0, proc.stderr
+  return proc, out, read_output(out), labels, texts
+
+
+def test_help_documents_every_flag(tmp_path):
+  proc = run_script('--helpshort', cwd=tmp_path)
+  for flag in ('train_directory', 'validation_directory', 'output_directory',
+               'train_shards', 'validation_shards', 'num_threads', 'fh_scales',
+               'fh_min_sizes', 'labels_file', 'imagenet_metadata_file',
+               'mask_encoding', 'seed', 'num_tasks', 'task_index'):
+    assert f'--{flag}:' in proc.stdout + proc.stderr, flag
+
+
+def test_shard_names_and_every_good_file_once(data, png_run):
+  _, out, shards = png_run
+  assert list(shards) == [f'train-{i:05d}-of-00004' for i in range(4)] + [
+      f'validation-{i:05d}-of-00002' for i in range(2)]
+  for split, directory in (('train', data.train), ('validation', data.val)):
+    seen = collections.Counter(
+        (r['image/class/synset'].decode(), r['image/filename'].decode())
+        for r in by_split(shards, split))
+    assert set(seen) == data.expected(directory)
+    assert set(seen.values()) == {1}
+
+
+@pytest.mark.parametrize('which', ['png_run', 'raw_run'])
+def test_masks_equal_fh_on_decoded_stored_image(which, request):
+  run = request.getfixturevalue(which)
+  pairs = [(100, 50)] if which == 'png_run' else [(100, 50), (300, 100)]
+  records_seen = 0
+  for record in by_split(run[2], 'train') + by_split(run[2], 'validation'):
+    image = tf.io.decode_image(record['image/encoded'], channels=3).numpy()
+    height, width = record['image/height'], record['image/width']
+    assert image.shape == (height, width, 3)
+    masks = records.decode_masks(record[records.MASK_KEY], height, width)
+    expected = np.stack([segmentation.felzenszwalb(image, scale=s, min_size=m)
+                         for s, m in pairs])
+    np.testing.assert_array_equal(masks, expected)
+    masks_tf = records.decode_masks_tf(record[records.MASK_KEY], height, width)
+    np.testing.assert_array_equal(masks_tf.numpy(), expected.transpose(1, 2, 0))
+    records_seen += 1
+  assert records_seen > 30
+
+
+def test_labels_from_sorted_folders(data, png_run):
+  for split, directory in (('train', data.train), ('validation', data.val)):
+    for record in by_split(png_run[2], split):
+      synset = record['image/class/synset'].decode()
+      assert record['image/filename'].decode() in os.listdir(
+          os.path.join(directory, synset))
+      label = sorted(data.synsets).index(synset) + 1
+      assert record['image/class/label'] == label
+      assert record['image/class/text'].decode() == synset
+      assert record['image/colorspace'] == b'RGB'
+      assert record['image/format'] == b'JPEG'
+      assert record['image/channels'] == 3
+  assert 'No labels file' in png_run[0].stderr
+
+
+def test_labels_from_labels_and_metadata_files(raw_run):
+  _, _, shards, labels, texts = raw_run
+  records_seen = by_split(shards, 'train') + by_split(shards, 'validation')
+  for record in records_seen:
+    synset = record['image/class/synset'].decode()
+    assert record['image/class/label'] == labels.index(synset) + 1
+    assert record['image/class/text'].decode() == texts[synset]
+  assert {r['image/class/label'] for r in records_seen} == {2, 3, 4}
+
+
+def test_classes_are_mixed_across_shards(png_run):
+  for name, shard in png_run[2].items():
+    if name.startswith('train-'):
+      assert len({r['image/class/synset'] for r in shard}) >= 2, name
+
+
+def test_raw_and_png_give_the_same_masks_and_shards(png_run, raw_run):
+  png_shards, raw_shards = png_run[2], raw_run[2]
+  assert list(png_shards) == list(raw_shards)
+  for name in png_shards:
+    assert ([r['image/filename'] for r in png_shards[name]] ==
+            [r['image/filename'] for r in raw_shards[name]])
+    for png, raw in zip(png_shards[name], raw_shards[name], strict=True):
+      h, w = png['image/height'], png['image/width']
+      assert png[records.MASK_KEY].startswith(records.PNG_SIGNATURE)
+      assert len(raw[records.MASK_KEY]) == 2 * h * w  # Two uint8 masks.
+      np.testing.assert_array_equal(
+          records.decode_masks(png[records.MASK_KEY], h, w)[0],
+          records.decode_masks(raw[records.MASK_KEY], h, w)[0])
+
+
+def test_bad_files_converted_or_skipped(data, png_run):
+  proc, _, shards = png_run
+  stored = {r['image/filename'].decode(): r['image/encoded']
+            for r in by_split(shards, 'train')
+            if r['image/class/synset'].decode() == data.synsets[1]}
+  skipped = [n for n, outcome in data.bad.items() if outcome == 'skipped']
+  for name, outcome in data.bad.items():
+    if outcome == 'converted':
+      image = Image.open(io.BytesIO(stored[name]))
+      assert (image.format, image.mode) == ('JPEG', 'RGB'), name
+    else:
+      assert name not in stored
+      assert f'{os.path.join(data.bad_dir, name)} (' in proc.stdout, name
+  with open(os.path.join(data.bad_dir, 'exif.JPEG'), 'rb') as f:
+    assert stored['exif.JPEG'] == f.read()  # RGB JPEGs are kept as they are.
+  for name in ('png_data.JPEG', 'cmyk.JPEG', 'grayscale.JPEG'):
+    with open(os.path.join(data.bad_dir, name), 'rb') as f:
+      assert stored[name] != f.read()
+  assert f'files skipped: {len(skipped)}\n' in proc.stdout
+  for reason in ('too small', 'not an image', 'corrupt or truncated'):
+    assert reason in proc.stdout
+
+
+def test_rerun_skips_complete_shards_and_refuses_other_settings(data,
+                                                                 png_run):
+  _, out, shards = png_run
+  args = [f'--train_directory={data.train}',
+          f'--validation_directory={data.val}', f'--output_directory={out}',
+          *SHARD_ARGS, *ONE_PAIR, '--num_threads=2']
+  mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in shards}
+  proc = run_script(*args, cwd=data.root)
+  assert proc.returncode == 0, proc.stderr
+  assert '0 written, 6 already complete' in proc.stdout
+  proc = run_script(*args, '--seed=7', cwd=data.root)
+  assert proc.returncode != 0
+  assert 'other input files or settings' in proc.stderr
+  assert mtimes == {n: os.stat(os.path.join(out, n)).st_mtime_ns
+                    for n in shards}
+
+
+def _children(pid):
+  children = []
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        with open(f'/proc/{entry}/stat') as f:
+          fields = f.read().rsplit(')', 1)[1].split()
+      except OSError:
+        continue
+      if int(fields[1]) == pid:
+        children.append(int(entry))
+  return children
+
+
+def test_interrupted_run_resumes_to_the_same_records(data, png_run):
+  reference = png_run[2]
+  out = os.path.join(data.root, 'out', 'killed')
+  args = [f'--train_directory={data.train}',
+          f'--validation_directory={data.val}', f'--output_directory={out}',
+          *SHARD_ARGS, *ONE_PAIR]
+  proc = subprocess.Popen(
+      [sys.executable, SCRIPT, *args, '--num_threads=1'], cwd=data.root,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  deadline = time.time() + 240
+  while not (os.path.isdir(out) and final_names(out)):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.01)
+  workers = _children(proc.pid)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = read_output(out)
+  assert 1 <= len(done) < len(reference), 'not killed between shards'
+  for name, shard in done.items():  # Complete, never partial.
+    assert shard == reference[name], name
+  deadline = time.time() + 30
+  while any(os.path.exists(f'/proc/{p}') for p in workers):
+    assert time.time() < deadline, 'workers outlived the killed job'
+    time.sleep(0.1)
+  mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in done}
+  rerun = run_script(*args, '--num_threads=2', cwd=data.root)
+  assert rerun.returncode == 0, rerun.stderr
+  assert read_output(out) == reference
+  assert mtimes == {n: os.stat(os.path.join(out, n)).st_mtime_ns
+                    for n in done}
+  assert not [n for n in os.listdir(out) if '.tmp-' in n]
+
+
+def test_mask_ids_above_255_skip_the_image_in_raw_mode(tmp_path):
+  class_dir = tmp_path / 'in' / 'n00000001'
+  class_dir.mkdir(parents=True)
+  noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+  Image.fromarray(noise).save(class_dir / 'noise.JPEG', quality=95)
+  Image.new('RGB', (32, 32), (40, 90, 200)).save(class_dir / 'flat.JPEG')
+  decoded = tf.io.decode_image((class_dir / 'noise.JPEG').read_bytes(),
+                               channels=3).numpy()
+  assert segmentation.felzenszwalb(decoded, scale=1, min_size=1).max() > 255
+  out = tmp_path / 'out'
+  proc = run_script(f'--train_directory={tmp_path / "in"}',
+                    f'--output_directory={out}', '--train_shards=1',
+                    '--num_threads=1', '--fh_scales=1', '--fh_min_sizes=1',
+                    '--mask_encoding=raw', cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  written = read_records(str(out / 'train-00000-of-00001'))
+  assert [r['image/filename'] for r in written] == [b'flat.JPEG']
+  assert written[0][records.MASK_KEY] == bytes(32 * 32)  # One segment, id 0.
+  assert 'mask ids above 255' in proc.stdout
+  assert 'noise.JPEG' in proc.stdout
+
+
+def test_input_and_output_errors_are_clear(tmp_path):
+  good = tmp_path / 'good'
+  sample_data.make_imagenet_folder(str(good), num_classes=1,
+                                   images_per_class=1)
+  empty = tmp_path / 'empty'
+  (empty / 'n00000001').mkdir(parents=True)
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('not a directory')
+  cases = [
+      (tmp_path / 'missing', tmp_path / 'out1', 'does not exist'),
+      (empty, tmp_path / 'out2', 'holds no image files'),
+      (good, a_file / 'out', 'cannot create --output_directory'),
+  ]
+  if os.geteuid() != 0:  # Root writes anywhere.
+    read_only = tmp_path / 'read_only'
+    read_only.mkdir(mode=0o555)
+    cases.append((good, read_only, 'is not writable'))
+  for train, out, message in cases:
+    proc = run_script(f'--train_directory={train}', f'--output_directory={out}',
+                      cwd=tmp_path)
+    assert proc.returncode != 0, message
+    assert message in proc.stderr, proc.stderr
+    assert not os.path.isdir(out) or not os.listdir(out)  # No work started.
