@@ -19,8 +19,10 @@ import orbax.checkpoint as ocp
 def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
   """A manager over `directory` (created when missing) keeping the newest N."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('state', 'config'))
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), options=options,
+      item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                         config=ocp.JsonCheckpointHandler()))
 
 
 def save(manager: ocp.CheckpointManager, train_state,
@@ -66,9 +68,15 @@ def restore_latest(checkpoint_dir: str) -> dict[str, Any]:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'{checkpoint_dir!r} holds no checkpoint')
+  # Onto this host's first device, whatever devices and processes saved it.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      manager.item_metadata(step)['state'])
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
-  state = restored['state']
+      state=ocp.args.StandardRestore(abstract),
+      config=ocp.args.JsonRestore()))
+  state = jax.device_get(restored['state'])
   return dict(step=int(state['step']), params=state['params'],
               state=state['state'], target_params=state['target_params'],
               config=ml_collections.ConfigDict(restored['config']))

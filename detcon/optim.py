@@ -17,6 +17,8 @@ def learning_rate_schedule(step, *, batch_size: int, total_steps: int,
                            warmup_steps: int, base_learning_rate: float = 0.2):
   """Linear warm-up from 0 to `base x batch/256`, then cosine decay to 0."""
   peak = base_learning_rate * batch_size / 256
+  if warmup_steps <= 0:
+    return optax.cosine_decay_schedule(peak, max(total_steps, 1))(step)
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
