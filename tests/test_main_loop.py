@@ -1,0 +1,155 @@
+"""End to end: real photos -> mask script -> pretraining, resume, multi-host."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from detcon import checkpoint, sample_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('--encoder=ResNet18', '--image_size=64', '--batch_size=4',
+        '--config.model.projector_hidden_size=64',
+        '--config.model.predictor_hidden_size=64',
+        '--config.model.projector_output_size=32',
+        '--config.detcon.num_samples=4', '--config.num_classes=3',
+        '--log_tensors_interval=0')
+
+
+def python(*args, env=None, **kwargs):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=900, env=env, **kwargs)
+
+
+def main_loop(*args, env=None):
+  result = python('-m', 'detcon.main_loop', *TINY, *args, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def last_json(result):
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope='module')
+def records(tmp_path_factory):
+  """Train records from real photos, in our PNG layout and the original raw."""
+  root = tmp_path_factory.mktemp('e2e')
+  sample_data.make_imagenet_folder(str(root / 'train'), num_classes=3,
+                                   images_per_class=4, min_side=64,
+                                   max_side=128)
+  out = {}
+  for encoding in ('png', 'raw'):
+    out[encoding] = str(root / f'records-{encoding}')
+    result = python('generate_fh_masks_for_imagenet.py',
+                    f'--train_directory={root / "train"}',
+                    f'--output_directory={out[encoding]}', '--train_shards=2',
+                    '--num_threads=2', '--fh_scales=100', '--fh_min_sizes=50',
+                    f'--mask_encoding={encoding}')
+    assert result.returncode == 0, result.stderr[-3000:]
+  return out
+
+
+def test_pretrain_saves_and_resumes_with_saved_parameters(records, tmp_path):
+  ckpt = str(tmp_path / 'ckpt')
+  first = main_loop(f'--dataset_directory={records["png"]}',
+                    f'--checkpoint_dir={ckpt}', '--max_steps=2')
+  assert 'starting from step 0' in first.stderr
+  assert 'Counted 12 training records' in first.stderr
+  saved = checkpoint.restore_latest(ckpt)
+  assert saved['step'] == 2
+  assert saved['config'].model.encoder == 'ResNet18'
+  assert os.listdir(os.path.join(ckpt, 'tensorboard'))
+
+  # With a zero learning rate, resumed online parameters must stay exactly
+  # the saved ones; a run that restarted from 0 would hold fresh ones.
+  second = main_loop(f'--dataset_directory={records["png"]}',
+                     f'--checkpoint_dir={ckpt}', '--max_steps=3',
+                     '--config.optimizer.base_learning_rate=0.0')
+  assert 'Resumed from step 2' in second.stderr
+  assert 'Done: steps 2 -> 3' in second.stderr
+  resumed = checkpoint.restore_latest(ckpt)
+  assert resumed['step'] == 3
+  for a, b in zip(jax.tree.leaves(saved['params']),
+                  jax.tree.leaves(resumed['params']), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(saved['target_params']),
+      jax.tree.leaves(resumed['target_params'])))  # The EMA still moved.
+
+
+def test_pretrain_on_original_raw_layout(records):
+  result = main_loop(f'--dataset_directory={records["raw"]}', '--max_steps=1')
+  metrics = last_json(result)
+  assert np.isfinite(metrics['loss']) and metrics['repr_loss'] > 0
+
+
+def test_sigterm_saves_a_checkpoint(records, tmp_path):
+  ckpt = str(tmp_path / 'ckpt')
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'detcon.main_loop', *TINY, '--max_steps=1000',
+       f'--dataset_directory={records["png"]}', f'--checkpoint_dir={ckpt}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:  # Wait until a step has been logged.
+    if '] step ' in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'SIGTERM received' in err
+  step = checkpoint.restore_latest(ckpt)['step']
+  assert 1 <= step < 1000
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """Two CPU processes on loopback vs one, same global (mock) batch."""
+  args = ('-m', 'detcon.main_loop', *TINY, '--config.mock_data=True',
+          '--max_steps=1')
+  address = f'localhost:{_free_port()}'
+  procs = [subprocess.Popen(
+      [sys.executable, *args, f'--coordinator_address={address}',
+       '--num_processes=2', f'--process_id={i}',
+       f'--checkpoint_dir={tmp_path / "multi"}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert 'over 2 devices in 2 processes' in outputs[0][1]
+  single = main_loop('--config.mock_data=True', '--max_steps=1')
+  want = last_json(single)
+  for out, _ in outputs:
+    got = json.loads(out.strip().splitlines()[-1])
+    for key in ('loss', 'repr_loss', 'classif_loss'):
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+  # One checkpoint, written once, readable.
+  assert checkpoint.restore_latest(str(tmp_path / 'multi'))['step'] == 1
+
+
+def test_directory_without_train_shards(tmp_path):
+  (tmp_path / 'notes.txt').write_text('not a shard')
+  result = python('-m', 'detcon.main_loop', *TINY,
+                  f'--dataset_directory={tmp_path}')
+  assert result.returncode != 0
+  assert 'train-' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_bad_shard_names(tmp_path):
+  (tmp_path / 'train-3-of-7').write_bytes(b'')
+  result = python('-m', 'detcon.main_loop', *TINY,
+                  f'--dataset_directory={tmp_path}')
+  assert result.returncode != 0
+  assert 'train-3-of-7' in result.stderr and 'Traceback' not in result.stderr
+
