@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up when needed, then runs the one-step smoke run and the whole suite.
+#
+#   bash test.sh                 # everything (what CI runs)
+#   bash test.sh -k losses       # extra arguments go to pytest
+#
+# The smoke run is the original release's test: one DetCon-B step of
+# ResNet-50 at 224, batch 4, on mock data. The suite installs a torch +
+# torchvision where it can (for the export tests); DETCON_WITH_TORCH=0 skips.
+set -euo pipefail
+cd "$(dirname "$0")"
+DETCON_WITH_TORCH="${DETCON_WITH_TORCH:-1}" bash setup.sh
+# shellcheck disable=SC1091
+source "${DETCON_VENV:-/tmp/detcon_venv}/bin/activate"
+
+echo "== lint"
+ruff check .
+echo "== smoke: python -m detcon.main_loop --is_test"
+python -m detcon.main_loop --is_test
+echo "== tests"
+python -m pytest tests "$@"
