@@ -344,3 +344,35 @@ def test_input_and_output_errors_are_clear(tmp_path):
     assert proc.returncode != 0, message
     assert message in proc.stderr, proc.stderr
     assert not os.path.isdir(out) or not os.listdir(out)  # No work started.
+
+
+def test_tasks_split_the_shards_and_together_equal_one_job(data, png_run):
+  """Two tasks (a job array) write disjoint shards that make the whole set."""
+  _, _, whole = png_run
+  out = os.path.join(data.root, 'out', 'tasks')
+  written = []
+  for task in range(2):
+    proc = run_script(f'--train_directory={data.train}',
+                      f'--validation_directory={data.val}',
+                      f'--output_directory={out}', *SHARD_ARGS, *ONE_PAIR,
+                      '--num_threads=1', '--num_tasks=2',
+                      f'--task_index={task}', cwd=data.root)
+    assert proc.returncode == 0, proc.stderr
+    names = set(final_names(out))
+    written.append(names - set().union(*written))
+  assert written[0] and written[1]
+  assert all(int(n.split('-')[1]) % 2 == 0 for n in written[0])
+  assert all(int(n.split('-')[1]) % 2 == 1 for n in written[1])
+  split = read_output(out)
+  assert list(split) == list(whole)
+  for name in whole:
+    assert ([r['image/filename'] for r in split[name]] ==
+            [r['image/filename'] for r in whole[name]])
+
+
+def test_task_index_out_of_range_is_an_error(data, tmp_path):
+  proc = run_script(f'--train_directory={data.train}',
+                    f'--output_directory={tmp_path}', '--num_tasks=2',
+                    '--task_index=2', cwd=data.root)
+  assert proc.returncode != 0
+  assert '--task_index must be in [0, --num_tasks=2)' in proc.stderr

@@ -1,11 +1,20 @@
-"""Tests of detcon.linear_eval on synthetic features and a small ResNet."""
+"""Tests of detcon.linear_eval: synthetic features, a small ResNet, the CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
 
 import haiku as hk
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detcon import export, linear_eval, networks
+from detcon import data, demo, export, linear_eval, networks
+from tests import test_demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NUM_CLASSES = 10
 
@@ -124,3 +133,100 @@ def test_features_fn_is_frozen_inference_mode():
   # batch.
   np.testing.assert_allclose(np.asarray(features_fn(images[:1])),
                              features[:1], rtol=0, atol=tol)
+
+
+# The command line, on the checkpoint and records of the quick demo.
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'detcon.linear_eval', *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  """The quick demo's output folder (run once per session)."""
+  out, _ = test_demo.quick_demo_run(tmp_path_factory)
+  return out
+
+
+def _own_checkpoints(out, tmp_path):
+  """A copy of the demo's checkpoints, so that this test writes its own."""
+  return str(shutil.copytree(os.path.join(out, 'checkpoints'),
+                             tmp_path / 'checkpoints'))
+
+
+def test_cli_prints_and_writes_result(pretrained, tmp_path):
+  ckpt = _own_checkpoints(pretrained, tmp_path)
+  os.remove(os.path.join(ckpt, linear_eval.RESULT_FILE))
+  # No --dataset_directory: the pretraining run's records.
+  result = _cli(f'--checkpoint_dir={ckpt}', '--num_steps=3',
+                '--batch_size=5', '--learning_rate=0.01', '--image_size=32',
+                '--eval_split=train')
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  with open(os.path.join(ckpt, linear_eval.RESULT_FILE)) as f:
+    assert json.load(f) == printed
+  assert printed['pretrain_step'] == demo.QUICK.pretrain_steps
+  assert printed['eval_split'] == 'train'
+  assert printed['num_examples'] == 12  # Every train record, once.
+  assert 0 <= printed['top1'] <= printed['top5'] <= 1
+  assert 'at 32x32: 3 steps of batch 5' in result.stderr
+  assert 'linear eval step 3/3' in result.stderr
+
+
+def test_cli_without_validation_records_falls_back_to_train(pretrained,
+                                                            tmp_path):
+  ckpt = _own_checkpoints(pretrained, tmp_path)
+  records = tmp_path / 'train_only'
+  records.mkdir()
+  for path in data.find_shards(os.path.join(pretrained, 'records'), 'train'):
+    os.symlink(path, records / os.path.basename(path))
+  result = _cli(f'--checkpoint_dir={ckpt}', f'--dataset_directory={records}',
+                '--num_steps=2', '--batch_size=4')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'No validation records' in result.stderr
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  assert printed['eval_split'] == 'train'
+  assert printed['num_examples'] == 12
+
+
+@pytest.mark.parametrize('make_dir,message', [
+    (False, 'no checkpoint directory'),
+    (True, 'holds no checkpoint'),
+])
+def test_cli_without_checkpoint_fails_clearly(tmp_path, make_dir, message):
+  ckpt = tmp_path / 'ckpt'
+  if make_dir:
+    ckpt.mkdir()
+  result = _cli(f'--checkpoint_dir={ckpt}', f'--dataset_directory={tmp_path}')
+  assert result.returncode != 0
+  assert 'detcon.linear_eval: error:' in result.stderr
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_cli_help_documents_every_flag():
+  result = _cli('--help')
+  assert result.returncode == 0
+  for flag in ('checkpoint_dir', 'dataset_directory', 'num_steps',
+               'batch_size', 'learning_rate', 'image_size', 'eval_split'):
+    assert f'--{flag}' in result.stdout, flag
+
+
+def test_labels_beyond_the_pretraining_classes_fail_clearly():
+  batches = [{'labels': np.array([0, 2])}, {'labels': np.array([1, 3])}]
+  checked = linear_eval._checked(batches, num_classes=3)
+  assert next(checked) is batches[0]
+  with pytest.raises(ValueError, match='label 4 .* num_classes=3'):
+    next(checked)
+
+
+def test_padded_batches_mask_the_padding():
+  batch = {'images': np.ones((3, 2, 2, 3), np.float32),
+           'labels': np.array([4, 5, 6])}
+  (padded,) = linear_eval._padded([batch], 5)
+  assert padded['images'].shape == (5, 2, 2, 3)
+  np.testing.assert_array_equal(padded['labels'], [4, 5, 6, 0, 0])
+  np.testing.assert_array_equal(padded['mask'], [1, 1, 1, 0, 0])
+  assert not padded['images'][3:].any()

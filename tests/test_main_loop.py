@@ -81,7 +81,7 @@ def test_pretrain_saves_and_resumes_with_saved_parameters(records, tmp_path):
     np.testing.assert_array_equal(a, b)
   assert not all(np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(saved['target_params']),
-      jax.tree.leaves(resumed['target_params'])))  # The EMA still moved.
+      jax.tree.leaves(resumed['target_params']), strict=True))  # EMA moved.
 
 
 def test_pretrain_on_original_raw_layout(records):
