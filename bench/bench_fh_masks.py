@@ -1,6 +1,6 @@
 r"""Throughput of generate_fh_masks_for_imagenet.py against ideal scaling.
 
-  python bench/bench_fh_masks.py [--max_workers=4] [--num_images=80]
+  python -m bench.bench_fh_masks [--max_workers=4] [--num_images=80]
 
 Writes a folder of real photos (`detcon.sample_data`, sides of 300-500 px,
 about ImageNet's), times FH alone on one core to get the single-worker FH CPU
@@ -18,17 +18,15 @@ cores (check the load average printed before and after).
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 from skimage import segmentation
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import generate_fh_masks_for_imagenet as fh_masks  # noqa: E402
-from detcon import sample_data  # noqa: E402
+import generate_fh_masks_for_imagenet as fh_masks
+from bench import machine
+from detcon import sample_data
 
 flags.DEFINE_integer('max_workers', os.cpu_count(),
                      'Time 1, 2, ..., max_workers worker processes.')
@@ -40,20 +38,6 @@ flags.DEFINE_integer('fh_min_size', 1000, 'Felzenszwalb min segment size.')
 flags.DEFINE_integer('images_per_shard', 4,
                      'Shard size; small shards balance the last ones.')
 FLAGS = flags.FLAGS
-
-
-def describe_machine() -> str:
-  model = 'unknown CPU'
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          model = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
-  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
-  return f'{os.cpu_count()} CPUs, {model}; load average {load}'
 
 
 def fh_seconds_per_image(entries, settings) -> tuple[float, float]:
@@ -78,7 +62,7 @@ def fh_seconds_per_image(entries, settings) -> tuple[float, float]:
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  print(f'machine: {describe_machine()}')
+  print(f'machine: {machine.describe()}')
   root = tempfile.mkdtemp(prefix='bench_fh_masks_')
   try:
     folder = os.path.join(root, 'images')
@@ -117,7 +101,7 @@ def main(argv):
             f'{len(entries) / summary.elapsed_s:>14.2f} '
             f'{cpu / len(entries):>12.3f} '
             f'{cpu / (summary.elapsed_s - summary.startup_s):>10.2f}')
-    load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
+    load = machine.load_average()
     print(f'load average after: {load}')
   finally:
     shutil.rmtree(root)

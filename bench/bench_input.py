@@ -21,6 +21,7 @@ from PIL import Image
 from skimage import data as skdata
 from skimage import segmentation, transform
 
+from bench import machine
 from detcon import data, records
 
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'View side, pixels.')
@@ -81,23 +82,11 @@ def _write_records(directory, num_records, num_unique, encoding, shards=4):
   return paths
 
 
-def _cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown'
-
-
 def main(argv):
   del argv
   data.hide_gpus_from_tf()
   cores = len(os.sched_getaffinity(0))
-  print(f'machine: {os.cpu_count()} CPUs ({cores} usable), {_cpu_model()}, '
-        f'load average {os.getloadavg()[0]:.1f}')
+  print(f'machine: {machine.describe()}')
   with tempfile.TemporaryDirectory() as directory:
     start = time.time()
     paths = _write_records(directory, _NUM_RECORDS.value, _NUM_UNIQUE.value,

@@ -15,7 +15,6 @@ both give the same cell ids, sampled ids and weights on random blocky masks.
   python -m bench.bench_mask_pooling --image_size=224 --batches=32,128
 """
 
-import os
 import statistics
 import time
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from bench import machine
 from detcon import masks, train
 from detcon.configs import detcon_b
 
@@ -41,17 +41,6 @@ _MEMORY_FRACTION = flags.DEFINE_float(
 _MIB = 2**20
 
 
-def _cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown'
-
-
 def _available_bytes():
   with open('/proc/meminfo') as f:
     for line in f:
@@ -60,18 +49,10 @@ def _available_bytes():
   return 0
 
 
-def _load():
-  return '/'.join(f'{x:.1f}' for x in os.getloadavg())
-
-
 def _print_header():
-  cores = len(os.sched_getaffinity(0))
-  print(f'machine: {os.cpu_count()} CPUs ({cores} usable), {_cpu_model()}, '
-        f'load average (1/5/15 min) {_load()}, '
+  print(f'machine: {machine.describe()},'
         f'{_available_bytes() / 2**30:.1f} GiB available')
-  devices = jax.devices()
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{len(devices)} device(s): {devices[0].device_kind}')
+  print(machine.describe_jax())
 
 
 def _config():
@@ -226,7 +207,7 @@ def main(argv):
   print(f'{"batch":>5}  {"variant":<9} {"peak memory":>12} {"time":>8}')
   for batch, kind, mem, speed in ratios:
     print(f'{batch:>5}  {kind:<9} {mem:>11.1f}x {speed:>8}')
-  print(f'\nload average (1/5/15 min) now {_load()}')
+  print(f'\nload average (1/5/15 min) now {machine.load_average()}')
 
 
 if __name__ == '__main__':

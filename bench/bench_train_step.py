@@ -13,7 +13,6 @@ r"""Cost of the DetCon-B train step on this machine (issue 2, item 8).
       --batch=8 --steps=4 --compile_batches=8,32,128
 """
 
-import os
 import statistics
 import time
 
@@ -23,6 +22,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bench import machine
 from detcon import train
 from detcon.configs import detcon_b
 
@@ -48,28 +48,9 @@ _OBJECTIVES = ('byol', 'detcon_b')
 _TOTAL_STEPS = 1000
 
 
-def _cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown'
-
-
-def _load():
-  return '/'.join(f'{x:.1f}' for x in os.getloadavg())
-
-
 def _print_header():
-  cores = len(os.sched_getaffinity(0))
-  print(f'machine: {os.cpu_count()} CPUs ({cores} usable), {_cpu_model()}, '
-        f'load average (1/5/15 min) {_load()}')
-  devices = jax.devices()
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{len(devices)} device(s): {devices[0].device_kind}')
+  print(f'machine: {machine.describe()}')
+  print(machine.describe_jax())
 
 
 def _make_config(objective, image_size, per_device_batch):
@@ -238,7 +219,7 @@ def main(argv):
   if 'compile' in _PARTS.value:
     _part_compile(mesh)
   print(f'\ntotal {time.perf_counter() - start:.0f} s; load average '
-        f'(1/5/15 min) now {_load()}')
+        f'(1/5/15 min) now {machine.load_average()}')
 
 
 if __name__ == '__main__':
