@@ -211,6 +211,7 @@ def run(config) -> dict[str, float]:
   step = int(state.step)
   start_step, start = step, time.time()
   last_log = last_save = time.time()
+  saved_step = step
   log_step, metrics = step, {}
   progress = _progress_bar(total, step)
   while step < total and not preemption.requested:
@@ -227,10 +228,11 @@ def run(config) -> dict[str, float]:
       last_log, log_step = now, step
     if manager and (now - last_save >= config.save_checkpoint_interval):
       checkpoint.save(manager, state, config)
-      last_save = now
+      last_save, saved_step = now, step
   progress.close()
   if manager:
-    checkpoint.save(manager, state, config)
+    if saved_step != step:
+      checkpoint.save(manager, state, config)
     manager.wait_until_finished()
     logging.info('Saved step %d to %s.', step, config.checkpoint_dir)
   if writer:

@@ -64,7 +64,8 @@ class ResNetEncoder(hk.Module):
 
   def __call__(self, images: jax.Array, is_training: bool) -> jax.Array:
     """Maps images `[B, H, W, 3]` in [0, 1] to features `[B, H/32, W/32, C]`."""
-    x = (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
+    x = (images - mean) / jnp.asarray(IMAGENET_STD, images.dtype)
     x = hk.Conv2D(64 * self._width, kernel_shape=7, stride=2, with_bias=False,
                   padding='SAME', name='initial_conv')(x)
     x = hk.BatchNorm(name='initial_batchnorm', **self._bn)(x, is_training)

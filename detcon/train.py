@@ -65,7 +65,9 @@ def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
                           'output=float32')
   hk.mixed_precision.set_policy(networks.ResNetEncoder, policy)
   hk.mixed_precision.set_policy(networks.MLP, policy)
-  hk.mixed_precision.set_policy(hk.BatchNorm, jmp.get_policy('float32'))
+  # BatchNorm computes in float32 and hands the compute dtype on.
+  hk.mixed_precision.set_policy(hk.BatchNorm, jmp.get_policy(
+      f'params=float32,compute=float32,output={config.dtype}'))
 
   def forward(images, pool_weights, online):
     encoder = networks.ResNetEncoder(m.encoder, m.width_multiplier, bn)

@@ -170,14 +170,21 @@ def test_help_documents_every_flag():
     assert f'--{flag}' in result.stdout, flag
 
 
-def test_mock_run_prints_json_scalars():
+def test_mock_run_flags_bfloat16_epochs_and_periodic_saves(tmp_path):
+  """Steps come from epochs x images / batch; a save every step; bf16."""
+  ckpt = tmp_path / 'ckpt'
   result = main_loop('--config.mock_data=True', '--batch_size=2',
-                     '--encoder=ResNet18', '--image_size=64', '--max_steps=2',
+                     '--pretrain_epochs=1', '--num_train_images=4',
+                     '--encoder=ResNet18', '--image_size=64',
+                     '--dtype=bfloat16',
+                     f'--checkpoint_dir={ckpt}', '--save_checkpoint_interval=0',
                      '--config.model.projector_hidden_size=64',
                      '--config.model.predictor_hidden_size=64')
   assert result.returncode == 0, result.stderr[-2000:]
+  assert 'for 2 steps' in result.stderr
+  assert 'Done: steps 0 -> 2' in result.stderr
   metrics = json.loads(result.stdout.strip().splitlines()[-1])
   for key in ('loss', 'repr_loss', 'classif_loss', 'lr', 'tau', 'top1',
               'images_per_s', 'step_time_s'):
     assert np.isfinite(metrics[key]), key
-  assert 'Done: steps 0 -> 2' in result.stderr
+  assert sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) == [1, 2]
