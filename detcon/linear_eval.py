@@ -1,25 +1,38 @@
-"""Linear evaluation of a frozen encoder (BYOL's protocol), core functions.
+r"""Linear evaluation of a frozen encoder (BYOL's protocol).
+
+  python -m detcon.linear_eval --checkpoint_dir=/ckpt/detcon \
+      --dataset_directory=/data/imagenet-fh --num_steps=5000
+
+The command restores the newest pretraining checkpoint, trains a linear
+classifier on the train records (random crop and flip) and reports top-1 and
+top-5 accuracy on the validation records (centre crop), as one JSON line that
+it also writes to `<checkpoint_dir>/linear_eval.json`. It runs in one process.
 
 A linear classifier is trained on the globally mean-pooled feature map of the
 frozen encoder, run in inference mode (BatchNorm with its moving statistics),
 with softmax cross-entropy and SGD with Nesterov momentum 0.9 under a cosine
-learning-rate schedule, without weight decay by default (as BYOL). Data
-loading and augmentation (random crop and flip for training, centre crop for
-evaluation) are the caller's; this module sees batches
+learning-rate schedule, without weight decay by default (as BYOL). The core
+functions (`make_features_fn`, `train_linear`, `evaluate`) leave data loading
+to their caller and see batches
   {'images': [B, S, S, 3] float32 in [0, 1], 'labels': [B] int32,
    'mask': optional [B] bool, False for padding examples}.
 The classifier is a dict {'w': [C, num_classes], 'b': [num_classes]}.
 """
 
 import functools
+import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from detcon import networks
 
@@ -164,3 +177,159 @@ def evaluate(features_fn: FeaturesFn,
   if not count:
     raise ValueError('no evaluation examples')
   return {'top1': top1 / count, 'top5': top5 / count, 'num_examples': count}
+
+
+# The command line: `python -m detcon.linear_eval`.
+
+RESULT_FILE = 'linear_eval.json'
+
+
+def _checked(batches: Iterable[Batch], num_classes: int) -> Iterator[Batch]:
+  """Passes batches through; fails on a label the classifier cannot hold."""
+  for batch in batches:
+    top = int(np.max(batch['labels']))
+    if top >= num_classes:
+      raise ValueError(
+          f'the records hold label {top + 1} (1-based) but the checkpoint was '
+          f'pretrained with config.num_classes={num_classes}; evaluate on the '
+          'records of the pretraining classes, or pretrain with '
+          '--config.num_classes set to the number of classes')
+    yield batch
+
+
+def _padded(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+  """Pads batches to `batch_size` examples, marking the padding in 'mask'.
+
+  One shape for every batch, so the last, smaller one compiles nothing new.
+  """
+  for batch in batches:
+    n = len(batch['labels'])
+    pad = [(0, batch_size - n)]
+    yield {'images': np.pad(batch['images'], pad + [(0, 0)] * 3),
+           'labels': np.pad(batch['labels'], pad),
+           'mask': np.arange(batch_size) < n}
+
+
+def _eval_shards(dataset_directory: str, eval_split: str) -> tuple[list[str],
+                                                                   str]:
+  """The shards to evaluate on and their split; 'train' if no validation."""
+  from detcon import data  # pylint: disable=g-import-not-at-top
+  try:
+    return data.find_shards(dataset_directory, eval_split), eval_split
+  except FileNotFoundError:
+    if eval_split != 'validation':
+      raise
+  logging.warning('No validation records in %s: evaluating on the train '
+                  'records (centre crop) instead, which measures fit, not '
+                  'generalisation.', dataset_directory)
+  return data.find_shards(dataset_directory, 'train'), 'train'
+
+
+def run(checkpoint_dir: str, dataset_directory: str | None = None, *,
+        num_steps: int, batch_size: int, learning_rate: float,
+        image_size: int | None = None, eval_split: str = 'validation',
+        seed: int = 0) -> dict[str, Any]:
+  """Linear evaluation of the newest checkpoint of a pretraining run.
+
+  Args:
+    checkpoint_dir: the pretraining run's `--checkpoint_dir`.
+    dataset_directory: folder of `train-*` (and `validation-*`) records;
+      None: the pretraining run's `config.dataset_directory`.
+    num_steps: SGD steps of the linear classifier.
+    batch_size: images per training and evaluation batch.
+    learning_rate: peak learning rate (cosine decay to 0).
+    image_size: side of the square crops in pixels; None: the pretraining
+      crop size (`config.image_size`).
+    eval_split: 'validation' (falls back to 'train' with a warning when the
+      records have no validation split) or 'train'.
+    seed: seeds the classifier and the training crops.
+
+  Returns:
+    {'top1', 'top5': fractions in [0, 1], 'num_examples': evaluated images,
+     'pretrain_step': the checkpoint's step, 'eval_split': the split used}.
+    The same dict is written as JSON to `<checkpoint_dir>/linear_eval.json`.
+
+  Raises:
+    FileNotFoundError: no checkpoint, or no records.
+    ValueError: records whose labels exceed the pretraining classes, or
+      malformed shards.
+  """
+  from detcon import checkpoint, data  # pylint: disable=g-import-not-at-top
+  restored = checkpoint.restore_latest(checkpoint_dir)
+  config = restored['config']
+  m = config.model
+  dataset_directory = dataset_directory or config.dataset_directory
+  image_size = image_size or config.image_size
+  train_paths = data.find_shards(dataset_directory, 'train')
+  eval_paths, eval_split = _eval_shards(dataset_directory, eval_split)
+  logging.info('Linear evaluation of %s (step %d of %s) at %dx%d: %d steps '
+               'of batch %d on %s, evaluation on its %s split.', m.encoder,
+               restored['step'], checkpoint_dir, image_size, image_size,
+               num_steps, batch_size, dataset_directory, eval_split)
+  features_fn = make_features_fn(m.encoder, m.width_multiplier,
+                                 restored['params'], restored['state'],
+                                 m.bn_decay, m.bn_eps)
+  train_batches = data.make_eval_dataset(
+      train_paths, batch_size=batch_size, image_size=image_size,
+      mode='random', seed=seed).as_numpy_iterator()
+  classifier = train_linear(
+      features_fn, _checked(train_batches, config.num_classes),
+      num_classes=config.num_classes, num_steps=num_steps,
+      learning_rate=learning_rate, seed=seed,
+      log_every=max(num_steps // 10, 1))
+  eval_batches = data.make_eval_dataset(
+      eval_paths, batch_size=batch_size, image_size=image_size,
+      mode='center').as_numpy_iterator()
+  result = evaluate(features_fn, classifier,
+                    _padded(_checked(eval_batches, config.num_classes),
+                            batch_size))
+  result.update(pretrain_step=restored['step'], eval_split=eval_split)
+  with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
+    f.write(json.dumps(result, sort_keys=True) + '\n')
+  return result
+
+
+def _define_flags() -> None:
+  """The command's flags (defined only when run as a program)."""
+  flags.DEFINE_string(
+      'checkpoint_dir', None, 'The --checkpoint_dir of a pretraining run; its '
+      'newest checkpoint is evaluated and linear_eval.json is written there.',
+      required=True)
+  flags.DEFINE_string(
+      'dataset_directory', None, 'Folder of train-%05d-of-%05d (and '
+      'validation-...) records from generate_fh_masks_for_imagenet.py. '
+      'Default: the dataset_directory of the pretraining run.')
+  flags.DEFINE_integer(
+      'num_steps', 10_000, 'SGD steps of the linear classifier. BYOL trains '
+      '80 epochs at batch 1024 (100,000 steps on ImageNet).', lower_bound=1)
+  flags.DEFINE_integer('batch_size', 256, 'Images per batch.', lower_bound=1)
+  flags.DEFINE_float(
+      'learning_rate', 0.2, 'Peak learning rate of SGD (Nesterov momentum '
+      '0.9, cosine decay to 0, no weight decay); BYOL picks the best of 0.4, '
+      '0.3, 0.2, 0.1, 0.05.', lower_bound=0.0)
+  flags.DEFINE_integer(
+      'image_size', None, 'Crop side in pixels; default: the pretraining '
+      'image_size.', lower_bound=1)
+  flags.DEFINE_enum(
+      'eval_split', 'validation', ['validation', 'train'],
+      'Split to report accuracy on (centre crop). Without validation records, '
+      'validation falls back to train with a warning.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  try:
+    result = run(f.checkpoint_dir, f.dataset_directory,
+                 num_steps=f.num_steps, batch_size=f.batch_size,
+                 learning_rate=f.learning_rate, image_size=f.image_size,
+                 eval_split=f.eval_split)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f'detcon.linear_eval: error: {e}')
+  print(json.dumps(result, sort_keys=True), flush=True)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

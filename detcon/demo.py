@@ -1,0 +1,686 @@
+r"""The built-in demo: the whole DetCon-B job, small, on bundled photos.
+
+  python -m detcon.demo --output_dir=demo_output  # ~5 minutes, 2 CPU cores
+  python -m detcon.demo --quick                   # ~3 minutes (the tests')
+
+Every phase runs the real code; the commands are printed so that they can be
+rerun by hand on real data:
+
+  1. photos: ImageNet-style folders `images/train/<synset>/*.JPEG` and
+     `images/validation/...` of crops of the photos that ship with
+     scikit-image (`detcon.sample_data`; no download);
+  2. masks: `generate_fh_masks_for_imagenet.py` writes TFRecords with FH
+     masks to `records/`;
+  3. pictures of the FH segmentations (`segmentations.png`) and of two
+     augmented views with the encoder's cell grid and the sampled masks
+     (`views.png`), from the real input pipeline and mask sampling;
+  4. pretraining: `python -m detcon.main_loop`, ResNet-18 with small heads
+     and a learning rate raised for the tiny batch (see `Settings`),
+     checkpoints and TensorBoard events in `checkpoints/`;
+  5. linear evaluation: `python -m detcon.linear_eval`, result in
+     `checkpoints/linear_eval.json`;
+  6. export: `python -m detcon.export` to NumPy and torchvision (`exports/`);
+  7. the loss curves from the TensorBoard events (`loss_curve.png`).
+
+It ends with a list of where everything is. The console shows each command's
+own messages; their full output (library logs included) is in `logs/`.
+Rerunning the same command resumes: the mask script keeps its complete shards
+and pretraining continues from its checkpoint. A folder that holds anything
+else, or a demo run in the other mode (--quick or not), is refused.
+"""
+
+import colorsys
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image, ImageDraw, ImageFont
+from skimage import segmentation
+
+from detcon import augment, data, masks, records, sample_data
+from detcon.configs import detcon_b
+
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', 'demo_output',
+    'Folder for everything the demo writes (created; must be new, empty or '
+    'a demo run of the same mode, which is then resumed).')
+_QUICK = flags.DEFINE_bool(
+    'quick', False, 'The reduced run of the test suite: a tiny folder, 3 '
+    'pretraining steps at 64x64, a few linear-evaluation steps (~3 minutes '
+    'on 2 CPU cores instead of ~5).')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENCODER = 'ResNet18'
+SETTINGS_FILE = 'demo_settings.json'
+SEED = 0
+TILE = 192  # Side of one picture tile, pixels.
+# Console lines in absl/glog format: level, date, time, thread, source file.
+_LOG_LINE = re.compile(r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):\d+\]')
+# The sources whose log lines are shown; other libraries' go to logs/ only.
+_SHOWN_SOURCES = ('generate_fh_masks_for_imagenet.py', 'main_loop.py',
+                  'linear_eval.py', 'export.py')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The sizes of one demo run."""
+  num_classes: int
+  train_images_per_class: int
+  validation_images_per_class: int
+  min_side: int  # Photo side range, pixels.
+  max_side: int
+  fh_scale: int  # Felzenszwalb scale and minimum segment size (pixels).
+  fh_min_size: int
+  image_size: int  # Pretraining crop side, pixels.
+  batch_size: int
+  pretrain_steps: int
+  # Peak learning rate = this x batch_size / 256. The config's 0.2 gives
+  # batch 8 a rate of 0.006, under which LARS barely moves the weights in a
+  # few hundred steps; 32 gives 1.0 (batch 4096 trains at 3.2).
+  base_learning_rate: float
+  head_size: int  # Projector and predictor hidden size.
+  linear_eval_steps: int
+  linear_eval_batch_size: int
+  pictured_images: int  # Rows of the pictures.
+
+
+QUICK = Settings(
+    num_classes=3, train_images_per_class=4, validation_images_per_class=2,
+    min_side=64, max_side=128, fh_scale=100, fh_min_size=50, image_size=64,
+    batch_size=4, pretrain_steps=3, base_learning_rate=32.0, head_size=64,
+    linear_eval_steps=4, linear_eval_batch_size=8, pictured_images=3)
+FULL = Settings(
+    num_classes=4, train_images_per_class=16, validation_images_per_class=6,
+    min_side=96, max_side=192, fh_scale=200, fh_min_size=150, image_size=96,
+    batch_size=8, pretrain_steps=150, base_learning_rate=32.0, head_size=256,
+    linear_eval_steps=100, linear_eval_batch_size=16, pictured_images=4)
+
+
+class DemoError(Exception):
+  """A phase failed; the message says which and where its log is."""
+
+
+# Name -> (path under the output folder, what it is, for the summary).
+_LAYOUT = {
+    'train_images': ('images/train', 'photos, ImageNet layout (train)'),
+    'validation_images': ('images/validation',
+                          'photos, ImageNet layout (validation)'),
+    'records': ('records', 'TFRecords with FH masks'),
+    'segmentations': ('segmentations.png', 'picture: FH segmentations'),
+    'views': ('views.png', 'picture: views, cell grid, sampled masks'),
+    'checkpoints': ('checkpoints', 'pretraining checkpoints'),
+    'tensorboard': ('checkpoints/tensorboard', 'TensorBoard events'),
+    'linear_eval': ('checkpoints/linear_eval.json', 'linear evaluation'),
+    'export_npy': (f'exports/{ENCODER.lower()}_detcon_b.npy',
+                   'backbone, NumPy dict'),
+    'export_torchvision': (f'exports/{ENCODER.lower()}_detcon_b.pth',
+                           'backbone, torchvision state_dict'),
+    'loss_curve': ('loss_curve.png', 'picture: loss curves'),
+    'logs': ('logs', 'full output of each command'),
+}
+# Attributes: each name of _LAYOUT (its absolute path) and `root`.
+Paths = types.SimpleNamespace
+
+
+def prepare_output_dir(output_dir: str, settings: Settings) -> Paths:
+  """Checks and creates the output folder; records the run's settings.
+
+  Returns:
+    The absolute paths of the outputs.
+
+  Raises:
+    DemoError: the folder holds something other than a demo run of these
+      settings.
+  """
+  root = os.path.abspath(output_dir)
+  paths = Paths(root=root, **{name: os.path.join(root, rel)
+                              for name, (rel, _) in _LAYOUT.items()})
+  marker = os.path.join(root, SETTINGS_FILE)
+  wanted = dataclasses.asdict(settings)
+  if os.path.exists(marker):
+    with open(marker) as f:
+      if json.load(f) != wanted:
+        raise DemoError(
+            f'{paths.root} holds a demo run with other settings (the other '
+            'mode, --quick or not); choose another --output_dir or delete it')
+  elif os.path.isdir(paths.root) and os.listdir(paths.root):
+    raise DemoError(f'{paths.root} is not empty and holds no demo run; choose '
+                    'a new or empty --output_dir')
+  os.makedirs(paths.logs, exist_ok=True)
+  with open(marker, 'w') as f:
+    json.dump(wanted, f, indent=2)
+  return paths
+
+
+def _shown(line: str) -> bool:
+  """Whether a command's output line goes to the console (all go to logs)."""
+  match = _LOG_LINE.match(line)
+  return (not match or match.group(1) in 'EF'
+          or os.path.basename(match.group(2)) in _SHOWN_SOURCES)
+
+
+def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
+  """Runs `python *args` in the repository root, streaming its messages.
+
+  Args:
+    name: what runs, for messages; its whole output (stdout and stderr) goes
+      to `<logs>/<name>.log`.
+    args: the arguments after the Python interpreter.
+    paths: the demo's paths.
+
+  Raises:
+    DemoError: the command exited with a non-zero code.
+  """
+  command = [sys.executable, *args]
+  log_path = os.path.join(paths.logs, f'{name}.log')
+  print(f'$ {shlex.join(command)}', flush=True)
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # No TensorFlow INFO chatter.
+  with open(log_path, 'w') as log, subprocess.Popen(
+      command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) as proc:
+    for line in proc.stdout:
+      log.write(line)
+      if _shown(line):
+        print(f'  | {line.rstrip()}', flush=True)
+  if proc.returncode:
+    raise DemoError(f'{name} failed with exit code {proc.returncode}; its '
+                    f'whole output is in {log_path}')
+
+
+def make_folders(paths: Paths, settings: Settings) -> None:
+  """Writes the train and validation photo folders (deterministic)."""
+  for folder, per_class, seed in (
+      (paths.train_images, settings.train_images_per_class, SEED),
+      (paths.validation_images, settings.validation_images_per_class,
+       SEED + 1)):
+    sample_data.make_imagenet_folder(
+        folder, num_classes=settings.num_classes, images_per_class=per_class,
+        min_side=settings.min_side, max_side=settings.max_side, seed=seed)
+  print(f'Wrote {settings.num_classes} classes x '
+        f'{settings.train_images_per_class} train and '
+        f'{settings.validation_images_per_class} validation photos to '
+        f'{os.path.dirname(paths.train_images)}', flush=True)
+
+
+def generate_masks(paths: Paths, settings: Settings) -> None:
+  """Runs the mask script on the folders: TFRecords in `paths.records`."""
+  run_command('generate_fh_masks_for_imagenet', [
+      os.path.join(REPO, 'generate_fh_masks_for_imagenet.py'),
+      f'--train_directory={paths.train_images}',
+      f'--validation_directory={paths.validation_images}',
+      f'--output_directory={paths.records}', '--train_shards=2',
+      '--validation_shards=1', '--num_threads=2',
+      f'--fh_scales={settings.fh_scale}',
+      f'--fh_min_sizes={settings.fh_min_size}'], paths)
+
+
+def pretrain(paths: Paths, settings: Settings) -> None:
+  """Pretrains ResNet-18 with small heads by the real main loop."""
+  hidden = settings.head_size
+  run_command('main_loop', [
+      '-m', 'detcon.main_loop', f'--dataset_directory={paths.records}',
+      f'--checkpoint_dir={paths.checkpoints}', f'--encoder={ENCODER}',
+      f'--image_size={settings.image_size}',
+      f'--batch_size={settings.batch_size}',
+      f'--max_steps={settings.pretrain_steps}', '--log_tensors_interval=0',
+      f'--config.num_classes={settings.num_classes}',
+      f'--config.optimizer.base_learning_rate={settings.base_learning_rate}',
+      f'--config.model.projector_hidden_size={hidden}',
+      f'--config.model.predictor_hidden_size={hidden}',
+      f'--config.model.projector_output_size={hidden // 4}'], paths)
+
+
+def linear_evaluation(paths: Paths, settings: Settings) -> dict:
+  """Runs the linear evaluation CLI; returns its result dict."""
+  run_command('linear_eval', [
+      '-m', 'detcon.linear_eval', f'--checkpoint_dir={paths.checkpoints}',
+      f'--dataset_directory={paths.records}',
+      f'--num_steps={settings.linear_eval_steps}',
+      f'--batch_size={settings.linear_eval_batch_size}',
+      '--learning_rate=0.01'], paths)
+  with open(paths.linear_eval) as f:
+    return json.load(f)
+
+
+def export_backbone(paths: Paths) -> dict[str, str]:
+  """Exports the backbone to NumPy and torchvision; returns {key: path}."""
+  written = {}
+  for key, fmt in (('export_npy', 'npy'),
+                   ('export_torchvision', 'torchvision')):
+    path = getattr(paths, key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    run_command(f'export_{fmt}', [
+        '-m', 'detcon.export', f'--checkpoint_dir={paths.checkpoints}',
+        f'--output={path}', f'--format={fmt}'], paths)
+    # Without torch, the torchvision export writes NumPy arrays to `.npz`.
+    npz = os.path.splitext(path)[0] + '.npz'
+    written[key] = path if os.path.exists(path) else npz
+  return written
+
+
+# Pictures.
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+  return ImageFont.load_default(size=size)
+
+
+def id_colours(ids: np.ndarray) -> np.ndarray:
+  """A bright colour per integer id: uint8 `[..., 3]` for ids `[...]`."""
+  unique, inverse = np.unique(ids, return_inverse=True)
+  hues = (unique * 0.618034) % 1.0  # Golden ratio: neighbours differ.
+  rgb = np.array([colorsys.hsv_to_rgb(h, 0.75, 0.95) for h in hues])
+  return (rgb[inverse.reshape(np.shape(ids))] * 255).astype(np.uint8)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  """float `[H, W, 3]` in [0, 1] -> uint8."""
+  return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+  """Scales `image` to fit a `side` x `side` white square, centred."""
+  scale = side / max(image.size)
+  size = (max(round(image.width * scale), 1),
+          max(round(image.height * scale), 1))
+  tile = Image.new('RGB', (side, side), 'white')
+  tile.paste(image.resize(size, Image.Resampling.NEAREST),
+             ((side - size[0]) // 2, (side - size[1]) // 2))
+  return tile
+
+
+def compose(rows: Sequence[Sequence[tuple[Image.Image, str]]], title: str,
+            notes: Sequence[str] = ()) -> Image.Image:
+  """A sheet of captioned `TILE`-sized tiles under a title, notes below.
+
+  Args:
+    rows: rows of (image, caption); images are fitted into the tiles.
+    title: one line at the top.
+    notes: lines of explanation at the bottom.
+
+  Returns:
+    The RGB sheet, `(TILE + 4) * max row length + 4` pixels wide, or as
+    wide as the longest text.
+  """
+  pad, caption_h, line_h, top = 4, 18, 20, 34
+  title_font, note_font, small = _font(18), _font(14), _font(12)
+  measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  width = max([max(len(r) for r in rows) * (TILE + pad) + pad,
+               measure.textlength(title, font=title_font) + 2 * pad]
+              + [measure.textlength(n, font=note_font) + 2 * pad
+                 for n in notes])
+  height = top + len(rows) * (caption_h + TILE + pad) + len(notes) * line_h + 8
+  sheet = Image.new('RGB', (math.ceil(width), height), 'white')
+  draw = ImageDraw.Draw(sheet)
+  draw.text((pad, 6), title, fill='black', font=title_font)
+  for r, row in enumerate(rows):
+    y = top + r * (caption_h + TILE + pad)
+    for c, (image, caption) in enumerate(row):
+      x = pad + c * (TILE + pad)
+      draw.text((x, y + 2), caption, fill='black', font=small)
+      sheet.paste(_fit(image, TILE), (x, y + caption_h))
+  y = top + len(rows) * (caption_h + TILE + pad)
+  for i, note in enumerate(notes):
+    draw.text((pad, y + i * line_h), note, fill='black', font=note_font)
+  return sheet
+
+
+def _read_records(paths: Sequence[str], count: int) -> list[dict]:
+  """The first record of each class, up to `count` of them.
+
+  Returns:
+    dicts of `image` (uint8 `[H, W, 3]`), `masks` (int32 `[n, H, W]`),
+    `filename` and `synset`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for serialized in tf.data.TFRecordDataset(list(paths)):
+    if len(out) == count:
+      break
+    f = tf.train.Example.FromString(serialized.numpy()).features.feature
+
+    def one(key, f=f):
+      return f[key].bytes_list.value[0]
+
+    synset = one('image/class/synset').decode()
+    if synset in out:
+      continue
+    height = f['image/height'].int64_list.value[0]
+    width = f['image/width'].int64_list.value[0]
+    image = Image.open(io.BytesIO(one('image/encoded')))
+    out[synset] = dict(
+        image=np.asarray(image.convert('RGB')),
+        masks=records.decode_masks(one(records.MASK_KEY), height, width),
+        filename=one('image/filename').decode(), synset=synset)
+  return list(out.values())
+
+
+def draw_segmentations(paths: Paths, settings: Settings) -> None:
+  """Writes photos of each class with their FH segments (train records)."""
+  rows = []
+  for r in _read_records(data.find_shards(paths.records, 'train'),
+                         settings.pictured_images):
+    labels = r['masks'][0]
+    overlay = (0.45 * r['image'] + 0.55 * id_colours(labels)).astype(np.uint8)
+    edges = segmentation.mark_boundaries(r['image'], labels, (1, 1, 0))
+    count = len(np.unique(labels))
+    rows.append([
+        (Image.fromarray(r['image']), f'{r["filename"]} ({r["synset"]})'),
+        (Image.fromarray(_to_uint8(edges)), f'{count} FH segments'),
+        (Image.fromarray(overlay), 'one colour per segment')])
+  compose(rows, f'Felzenszwalb-Huttenlocher segmentations (scale='
+          f'{settings.fh_scale}, min_size={settings.fh_min_size}) stored '
+          'in the records', [
+              'DetCon uses these unsupervised segments as its objects: '
+              'features are pooled per segment, and the same segment',
+              'in the two views of an image is a positive pair.',
+          ]).save(paths.segmentations)
+
+
+def _cells_tile(image: np.ndarray, cell_ids: np.ndarray, sampled: set[int],
+                grid: int) -> Image.Image:
+  """The view with each cell tinted by its mask id if sampled, else dimmed.
+
+  Args:
+    image: uint8 `[S, S, 3]`.
+    cell_ids: `[grid * grid]` majority id of each cell, row-major.
+    sampled: the ids sampled for this view.
+    grid: cells per side.
+  """
+  tile = Image.fromarray(image).resize((TILE, TILE), Image.Resampling.NEAREST)
+  base = np.asarray(tile).astype(np.float64)
+  out = base * 0.3
+  step = TILE / grid
+  for c, cell_id in enumerate(cell_ids):
+    if int(cell_id) in sampled:
+      y, x = divmod(c, grid)
+      ys = slice(round(y * step), round((y + 1) * step))
+      xs = slice(round(x * step), round((x + 1) * step))
+      out[ys, xs] = 0.5 * base[ys, xs] + 0.5 * id_colours(cell_id)
+  tile = Image.fromarray(out.astype(np.uint8))
+  draw = ImageDraw.Draw(tile)
+  for c, cell_id in enumerate(cell_ids):
+    y, x = divmod(c, grid)
+    box = [x * step, y * step, (x + 1) * step - 1, (y + 1) * step - 1]
+    if int(cell_id) in sampled:
+      colour = tuple(int(v) for v in id_colours(cell_id))
+      draw.rectangle(box, outline=colour, width=3)
+      draw.text((box[0] + 5, box[1] + 4), f'id {cell_id}', fill='white',
+                font=_font(14), stroke_width=2, stroke_fill='black')
+  return tile
+
+
+def _with_grid(image: np.ndarray, grid: int) -> Image.Image:
+  """`image` (uint8 `[S, S, 3]`) at `TILE` px with the cell grid drawn."""
+  tile = Image.fromarray(image).resize((TILE, TILE), Image.Resampling.NEAREST)
+  draw = ImageDraw.Draw(tile)
+  for k in range(1, grid):
+    p = round(k * TILE / grid)
+    draw.line([(p, 0), (p, TILE)], fill='white', width=2)
+    draw.line([(0, p), (TILE, p)], fill='white', width=2)
+  return tile
+
+
+def draw_views(paths: Paths, settings: Settings) -> None:
+  """Writes two views per image as the train step sees them.
+
+  The views come from `data.make_pretrain_dataset` (crop, flip, resize of
+  image and masks), their augmentation from `augment.augment_view`, the cell
+  ids and sampled ids from `masks.cell_mask_ids` / `masks.sample_mask_ids`,
+  with the default config's settings.
+  """
+  config = detcon_b.get_config()
+  d = config.detcon
+  n, size = settings.pictured_images, settings.image_size
+  grid = size // 32
+  batch = next(data.make_pretrain_dataset(
+      data.find_shards(paths.records, 'train'), per_device_batch=n,
+      local_devices=1, image_size=size, fh_mask_to_use=d.fh_mask_to_use,
+      seed=SEED).as_numpy_iterator())
+  keys = jax.random.split(jax.random.PRNGKey(SEED), (2, n + 1))
+  views = []
+  for v in range(2):
+    crops = batch[f'view{v + 1}'][0]
+    fh = batch[f'fh_segmentations{v + 1}'][0, ..., 0]
+    augmented = augment.augment_view(keys[v, :n], crops,
+                                     config.augment.to_dict(), v)
+    cell_ids = masks.cell_mask_ids(fh, grid, d.max_mask_id)
+    sampled = masks.sample_mask_ids(keys[v, n], cell_ids, d.num_samples,
+                                    d.max_mask_id)
+    views.append([np.asarray(x) for x in (crops, augmented, fh, cell_ids,
+                                          sampled)])
+  rows = []
+  for i in range(n):
+    row = []
+    for v, (crops, augmented, fh, cell_ids, sampled) in enumerate(views):
+      crop = _to_uint8(crops[i])
+      mask = (0.4 * crop + 0.6 * id_colours(fh[i])).astype(np.uint8)
+      row += [
+          (Image.fromarray(crop), f'view {v + 1}: crop + flip'),
+          (_with_grid(_to_uint8(augmented[i]), grid),
+           f'view {v + 1}: augmented, {grid}x{grid} cells'),
+          (_with_grid(mask, grid), f'view {v + 1}: its FH mask'),
+          (_cells_tile(crop, cell_ids[i], set(sampled[i].tolist()), grid),
+           f'view {v + 1}: cells of sampled masks'),
+      ]
+    rows.append(row)
+  compose(rows, f'Two views per image at {size}x{size}, as one training step '
+          'sees them', [
+              f'Each cell of the encoder\'s {grid}x{grid} output grid '
+              '(32x32 pixels) belongs to the FH segment covering most of it. '
+              f'{d.num_samples} ids are drawn per view (with replacement) '
+              'among the segments owning a cell;',
+              'a sampled mask\'s feature is the mean of its cells\' features. '
+              'Dimmed cells belong to segments not drawn (rare with few '
+              'cells). The same id in both views is the same object: a '
+              'positive pair.',
+          ]).save(paths.views)
+
+
+def read_scalars(log_dir: str) -> dict[str, tuple[list[int], list[float]]]:
+  """Reads the scalars of TensorBoard event files: {tag: (steps, values)}.
+
+  Later files (a resumed run) override earlier values of the same step.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  values = {}
+  for name in sorted(os.listdir(log_dir)):
+    if not name.startswith('events.out.tfevents.'):
+      continue
+    for raw in tf.data.TFRecordDataset(os.path.join(log_dir, name)):
+      event = event_pb2.Event.FromString(raw.numpy())
+      for v in event.summary.value:
+        values.setdefault(v.tag, {})[event.step] = v.simple_value
+  return {tag: (sorted(by_step), [by_step[s] for s in sorted(by_step)])
+          for tag, by_step in values.items()}
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+  """About `count` round tick values (1, 2 or 5 x 10^k apart) in [lo, hi].
+
+  An empty range (hi <= lo) is widened to [lo - 0.5, hi + 0.5].
+  """
+  if hi <= lo:
+    lo, hi = lo - 0.5, hi + 0.5
+  raw = (hi - lo) / count
+  magnitude = 10.0 ** math.floor(math.log10(raw))
+  step = min((m * magnitude for m in (1, 2, 5, 10)),
+             key=lambda s: abs(math.log(s / raw)))
+  first = math.ceil(lo / step - 1e-9)
+  last = math.floor(hi / step + 1e-9)
+  digits = max(0, 1 - math.floor(math.log10(step)))  # Drops float noise.
+  return [round(k * step, digits) for k in range(first, last + 1)]
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+  """TensorBoard's smoothing: a debiased exponential moving average."""
+  out, average = [], 0.0
+  for k, value in enumerate(values, 1):
+    average = weight * average + (1 - weight) * value
+    out.append(average / (1 - weight**k))
+  return out
+
+
+def plot_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+                title: str, width: int = 960, height: int = 520,
+                smoothing: float = 0.0,
+                x_label: str = 'training step') -> Image.Image:
+  """A line plot of `{name: (steps, values)}` against the step.
+
+  Args:
+    curves: the steps and values of each curve, in legend order.
+    title: one line above the plot.
+    width, height: image size in pixels.
+    smoothing: with a weight in (0, 1), each curve is drawn faint as it is
+      and bold after `smooth`.
+    x_label: the caption under the x axis.
+
+  Returns:
+    RGB image `[height, width]`: axes with round ticks, one coloured line per
+    curve (with markers when it has few points), a legend.
+  """
+  left, right, top, bottom = 70, 20, 44, 56
+  all_x = [x for xs, _ in curves.values() for x in xs]
+  all_y = [y for _, ys in curves.values() for y in ys]
+  x_lo, x_hi = min(all_x), max(all_x)
+  y_lo, y_hi = min(all_y), max(all_y)
+  margin = 0.05 * (y_hi - y_lo or 1.0)
+  y_lo, y_hi = y_lo - margin, y_hi + margin
+  if x_hi == x_lo:
+    x_lo, x_hi = x_lo - 1, x_hi + 1
+  plot_w, plot_h = width - left - right, height - top - bottom
+
+  def to_px(x, y):
+    return (left + (x - x_lo) / (x_hi - x_lo) * plot_w,
+            top + (y_hi - y) / (y_hi - y_lo) * plot_h)
+
+  image = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(image)
+  font = _font(14)
+  draw.text((left, 12), title, fill='black', font=_font(18))
+  for y in nice_ticks(y_lo, y_hi):
+    _, py = to_px(x_lo, y)
+    draw.line([(left, py), (left + plot_w, py)], fill=(225, 225, 225))
+    draw.text((left - 8, py), f'{y:g}', fill='black', font=font, anchor='rm')
+  for x in nice_ticks(x_lo, x_hi, 8):
+    if x != int(x):
+      continue
+    px, _ = to_px(x, y_lo)
+    draw.line([(px, top), (px, top + plot_h)], fill=(225, 225, 225))
+    draw.text((px, top + plot_h + 6), f'{int(x)}', fill='black', font=font,
+              anchor='mt')
+  draw.rectangle([left, top, left + plot_w, top + plot_h], outline='black')
+  draw.text((left + plot_w / 2, height - 8), x_label, fill='black',
+            font=font, anchor='md')
+  palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+  for k, (name, (xs, ys)) in enumerate(curves.items()):
+    colour = palette[k % len(palette)]
+    points = [to_px(x, y) for x, y in zip(xs, ys, strict=True)]
+    if smoothing and len(points) > 1:
+      faint = tuple(round(255 - 0.35 * (255 - c)) for c in colour)
+      draw.line(points, fill=faint, width=1)
+      points = [to_px(x, y)
+                for x, y in zip(xs, smooth(ys, smoothing), strict=True)]
+    if len(points) > 1:
+      draw.line(points, fill=colour, width=2, joint='curve')
+    if len(points) <= 30:
+      for px, py in points:
+        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    ly = top + 10 + 20 * k
+    lx = left + plot_w - 170
+    draw.line([(lx, ly), (lx + 24, ly)], fill=colour, width=3)
+    draw.text((lx + 30, ly), name, fill='black', font=font, anchor='lm')
+  return image
+
+
+def draw_loss_curve(paths: Paths) -> None:
+  """Plots loss, repr_loss and classif_loss of the pretraining run."""
+  scalars = read_scalars(paths.tensorboard)
+  tags = ('loss', 'repr_loss', 'classif_loss')
+  missing = [t for t in tags if t not in scalars]
+  if missing:
+    raise DemoError(f'no {missing} in the TensorBoard events of '
+                    f'{paths.tensorboard}')
+  smoothing = 0.9 if len(scalars['loss'][0]) > 30 else 0.0
+  x_label = 'training step'
+  if smoothing:
+    x_label += f' (faint: each step; bold: smoothed, weight {smoothing})'
+  plot_curves({t: scalars[t] for t in tags},
+              'DetCon-B pretraining: loss = repr_loss (DetCon) + classif_loss '
+              '(online classifier)', smoothing=smoothing,
+              x_label=x_label).save(paths.loss_curve)
+
+
+@contextlib.contextmanager
+def _phase(number: int, title: str):
+  """Announces phase `number` of 7 and, when it ends, its duration."""
+  print(f'\n=== [{number}/7] {title} ===', flush=True)
+  start = time.time()
+  yield
+  print(f'({time.time() - start:.0f} s)', flush=True)
+
+
+def run(output_dir: str, settings: Settings) -> None:
+  """Runs every phase and prints where the outputs are."""
+  start = time.time()
+  paths = prepare_output_dir(output_dir, settings)
+  outputs = {name: getattr(paths, name) for name in _LAYOUT}
+  with _phase(1, 'Photos in ImageNet layout'):
+    make_folders(paths, settings)
+  with _phase(2, 'FH masks and TFRecords'):
+    generate_masks(paths, settings)
+  with _phase(3, 'Pictures of the segmentations and of the training views'):
+    draw_segmentations(paths, settings)
+    draw_views(paths, settings)
+    print(f'Wrote {paths.segmentations} and {paths.views}')
+  with _phase(4, f'Pretraining {ENCODER} for {settings.pretrain_steps} '
+              'steps'):
+    pretrain(paths, settings)
+  with _phase(5, 'Linear evaluation of the frozen encoder'):
+    result = linear_evaluation(paths, settings)
+  with _phase(6, 'Export of the backbone'):
+    outputs.update(export_backbone(paths))
+  with _phase(7, 'Loss curves from the TensorBoard events'):
+    draw_loss_curve(paths)
+    print(f'Wrote {paths.loss_curve}')
+
+  minutes = (time.time() - start) / 60
+  print(f'\nDetCon-B demo done in {minutes:.1f} minutes. Outputs:')
+  for name, (_, what) in _LAYOUT.items():
+    print(f'  {what + ":":44s} {outputs[name]}')
+  print(f'Linear evaluation: top-1 {result["top1"]:.3f}, top-5 '
+        f'{result["top5"]:.3f} on {result["num_examples"]} '
+        f'{result["eval_split"]} images after {result["pretrain_step"]} '
+        'pretraining steps (tiny data: a check that the pipeline works, '
+        'not a benchmark).')
+  print(f'See the curves live: tensorboard --logdir {paths.tensorboard}',
+        flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # This process prints its own news.
+  try:
+    run(_OUTPUT_DIR.value, QUICK if _QUICK.value else FULL)
+  except DemoError as e:
+    sys.exit(f'detcon.demo: error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
