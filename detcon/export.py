@@ -474,10 +474,15 @@ def export_checkpoint(checkpoint_dir: str, output: str, fmt: str,
 
 def main(argv):
   del argv
+  import sys
+
   from absl import flags
 
   f = flags.FLAGS
-  export_checkpoint(f.checkpoint_dir, f.output, f.format, f.encoder)
+  try:
+    export_checkpoint(f.checkpoint_dir, f.output, f.format, f.encoder)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'detcon.export: error: {e}')
 
 
 if __name__ == '__main__':

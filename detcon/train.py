@@ -107,20 +107,25 @@ def make_optimizer(config, total_steps: int, warmup_steps: int):
 
 
 def init_state(config, rng: jax.Array, optimizer) -> TrainState:
-  """Initialises online, target and optimiser state (on the host device)."""
+  """Initialises online, target and optimiser state (jitted, on one device)."""
   net = make_network(config, axis_name=None)
   size, k = config.image_size, config.detcon.num_samples
   cells = grid_size(size) ** 2
-  init_rng, net_rng = jax.random.split(rng)
-  images = jnp.zeros((2, size, size, 3), jnp.float32)
-  params, state = net.init(net_rng, images,
-                           jnp.full((2, k, cells), 1.0 / cells), True)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, state=state,
-      # Copies: the step donates its input, so no two leaves may share memory.
-      target_params=jax.tree.map(jnp.copy, target_subset(params)),
-      target_state=jax.tree.map(jnp.copy, target_subset(state)),
-      opt_state=optimizer.init(params), rng=init_rng)
+
+  @jax.jit
+  def init(rng):
+    init_rng, net_rng = jax.random.split(rng)
+    images = jnp.zeros((2, size, size, 3), jnp.float32)
+    params, state = net.init(net_rng, images,
+                             jnp.full((2, k, cells), 1.0 / cells), True)
+    # Copies: the step donates its input, so no two leaves may share memory.
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, state=state,
+        target_params=jax.tree.map(jnp.copy, target_subset(params)),
+        target_state=jax.tree.map(jnp.copy, target_subset(state)),
+        opt_state=optimizer.init(params), rng=init_rng)
+
+  return init(rng)
 
 
 def _view_pooling(keys, fh_masks, config):

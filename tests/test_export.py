@@ -268,3 +268,13 @@ def test_cli_help():
       capture_output=True, text=True, check=False, timeout=120)
   for flag in ('--checkpoint_dir', '--output', '--format', '--encoder'):
     assert flag in result.stdout + result.stderr, flag
+
+
+def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'detcon.export',
+       f'--checkpoint_dir={tmp_path / "none"}', f'--output={tmp_path / "a"}'],
+      capture_output=True, text=True, check=False, timeout=120)
+  assert result.returncode != 0
+  assert 'detcon.export: error: no checkpoint directory' in result.stderr
+  assert 'Traceback' not in result.stderr
