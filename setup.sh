@@ -25,7 +25,12 @@ if [[ ! -f "$STAMP" ]] || [[ "$(cat "$STAMP")" != "$want" ]]; then
 fi
 if [[ "${DETCON_WITH_TORCH:-0}" == "1" ]] && ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
   echo "setup.sh: installing torch + torchvision (CPU) for the export tests"
-  "$VENV/bin/pip" install --quiet -r requirements-torch.txt \
-    || echo "setup.sh: torch could not be installed here; torch-based tests will be skipped"
+  if "$VENV/bin/pip" install --quiet -r requirements-torch.txt; then
+    # torch imports triton when present; triton's native library segfaults
+    # once TensorFlow is loaded in the same process, and CPU use needs none.
+    "$VENV/bin/pip" uninstall --quiet --yes triton || true
+  else
+    echo "setup.sh: torch could not be installed here; torch-based tests will be skipped"
+  fi
 fi
 echo "setup.sh: ready. Activate with: source $VENV/bin/activate"
