@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from detcon import checkpoint, optim, train
+from detcon import checkpoint, networks, optim, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'detcon_b.py'),
@@ -100,7 +100,6 @@ def maybe_initialize_distributed() -> None:
 
 def validate(config) -> None:
   """Clear errors for settings that cannot run."""
-  from detcon import networks  # pylint: disable=g-import-not-at-top
   networks.check_encoder_name(config.model.encoder)
   train.grid_size(config.image_size)
   if config.objective not in ('detcon_b', 'byol'):
@@ -138,6 +137,7 @@ def mock_batches(config, local_devices: int, per_device: int):
 
 def real_batches(config, local_devices: int, per_device: int):
   """The tf.data pipeline over this process's share of the train shards."""
+  # Imported here: TensorFlow loads only for runs that read records.
   from detcon import data  # pylint: disable=g-import-not-at-top
   data.hide_gpus_from_tf()
   paths = data.find_shards(config.dataset_directory, 'train')
