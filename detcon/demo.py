@@ -50,7 +50,7 @@ from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont
 from skimage import segmentation
 
-from detcon import augment, data, masks, records, sample_data
+from detcon import augment, data, records, sample_data, train
 from detcon.configs import detcon_b
 
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -440,29 +440,28 @@ def draw_views(paths: Paths, settings: Settings) -> None:
 
   The views come from `data.make_pretrain_dataset` (crop, flip, resize of
   image and masks), their augmentation from `augment.augment_view`, the cell
-  ids and sampled ids from `masks.cell_mask_ids` / `masks.sample_mask_ids`,
-  with the default config's settings.
+  ids and sampled ids from `train.sample_view_masks`, with the default
+  config's settings.
   """
   config = detcon_b.get_config()
-  d = config.detcon
   n, size = settings.pictured_images, settings.image_size
-  grid = size // 32
-  batch = next(data.make_pretrain_dataset(
+  config.image_size = size
+  grid = train.grid_size(size)
+  dataset = data.make_pretrain_dataset(
       data.find_shards(paths.records, 'train'), per_device_batch=n,
-      local_devices=1, image_size=size, fh_mask_to_use=d.fh_mask_to_use,
-      seed=SEED).as_numpy_iterator())
-  keys = jax.random.split(jax.random.PRNGKey(SEED), (2, n + 1))
+      local_devices=1, image_size=size,
+      fh_mask_to_use=config.detcon.fh_mask_to_use, seed=SEED)
+  batch = next(dataset.as_numpy_iterator())
+  keys = jax.random.split(jax.random.PRNGKey(SEED), (2, 2, n))
   views = []
   for v in range(2):
     crops = batch[f'view{v + 1}'][0]
-    fh = batch[f'fh_segmentations{v + 1}'][0, ..., 0]
-    augmented = augment.augment_view(keys[v, :n], crops,
+    fh = batch[f'fh_segmentations{v + 1}'][0]
+    augmented = augment.augment_view(keys[v, 0], crops,
                                      config.augment.to_dict(), v)
-    cell_ids = masks.cell_mask_ids(fh, grid, d.max_mask_id)
-    sampled = masks.sample_mask_ids(keys[v, n], cell_ids, d.num_samples,
-                                    d.max_mask_id)
-    views.append([np.asarray(x) for x in (crops, augmented, fh, cell_ids,
-                                          sampled)])
+    cell_ids, sampled = train.sample_view_masks(keys[v, 1], fh, config)
+    views.append([np.asarray(x) for x in (crops, augmented, fh[..., 0],
+                                          cell_ids, sampled)])
   rows = []
   for i in range(n):
     row = []
@@ -482,8 +481,8 @@ def draw_views(paths: Paths, settings: Settings) -> None:
           'sees them', [
               f'Each cell of the encoder\'s {grid}x{grid} output grid '
               '(32x32 pixels) belongs to the FH segment covering most of it. '
-              f'{d.num_samples} ids are drawn per view (with replacement) '
-              'among the segments owning a cell;',
+              f'{config.detcon.num_samples} ids are drawn per view (with '
+              'replacement) among the segments owning a cell;',
               'a sampled mask\'s feature is the mean of its cells\' features. '
               'Dimmed cells belong to segments not drawn (rare with few '
               'cells). The same id in both views is the same object: a '

@@ -128,21 +128,34 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
   return init(rng)
 
 
+def sample_view_masks(keys, fh_masks, config):
+  """Cell ids and sampled mask ids of one view, as the train step draws them.
+
+  Args:
+    keys: `[B]` PRNG keys, one per image.
+    fh_masks: int `[B, S, S, 1]` masks (the config's `fh_mask_to_use`).
+    config: the run's config (`image_size`, `detcon`).
+
+  Returns:
+    (int32 `[B, cells]` majority id per cell, int32 `[B, K]` sampled ids).
+  """
+  d = config.detcon
+  cell_ids = masks.cell_mask_ids(fh_masks[..., 0],
+                                 grid_size(config.image_size), d.max_mask_id)
+  ids = jax.vmap(lambda k, c: masks.sample_mask_ids(
+      k, c[None], d.num_samples, d.max_mask_id)[0])(keys, cell_ids)
+  return cell_ids, ids
+
+
 def _view_pooling(keys, fh_masks, config):
   """Sampled ids `[B, K]` and weights from one view's masks `[B, S, S, 1]`.
 
   The input pipeline keeps only the config's `fh_mask_to_use` channel.
   """
-  d = config.detcon
-  b = fh_masks.shape[0]
-  cells = grid_size(config.image_size)
   if config.objective == 'byol':
-    return jnp.zeros((b, 1), jnp.int32), masks.global_pooling_weights(
-        b, cells * cells)
-  cell_ids = masks.cell_mask_ids(fh_masks[..., 0], cells,
-                                 d.max_mask_id)
-  ids = jax.vmap(lambda k, c: masks.sample_mask_ids(
-      k, c[None], d.num_samples, d.max_mask_id)[0])(keys, cell_ids)
+    b, cells = fh_masks.shape[0], grid_size(config.image_size) ** 2
+    return jnp.zeros((b, 1), jnp.int32), masks.global_pooling_weights(b, cells)
+  cell_ids, ids = sample_view_masks(keys, fh_masks, config)
   return ids, masks.pooling_weights(cell_ids, ids)
 
 
