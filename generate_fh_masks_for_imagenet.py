@@ -383,7 +383,7 @@ def _to_rgb_jpeg(image: Image.Image) -> bytes:
   return buf.getvalue()
 
 
-def _decode(jpeg: bytes) -> np.ndarray | None:
+def decode_like_trainer(jpeg: bytes) -> np.ndarray | None:
   """Decodes as the trainer does: uint8 `[H, W, 3]`, None on failure."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
@@ -427,11 +427,11 @@ def make_record(entry: Entry, settings: Settings) -> Record:
   pixels = None
   if image.format in ('JPEG', 'MPO') and image.mode == 'RGB':
     stored = content
-    pixels = _decode(stored)
+    pixels = decode_like_trainer(stored)
   if pixels is None:  # Not an RGB JPEG, or one TF cannot decode.
     source = f'{image.format} {image.mode}'
     stored = _to_rgb_jpeg(image)
-    pixels = _decode(stored)
+    pixels = decode_like_trainer(stored)
     if pixels is None:
       raise SkipImage('corrupt or truncated image',
                       'TensorFlow cannot decode it, even re-encoded')

@@ -55,11 +55,10 @@ FLAGS = flags.FLAGS
 
 def decode_all(entries) -> list:
   """The stored images' pixels, decoded as the script's workers decode."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   pixels = []
   for entry in entries:
     with open(entry.path, 'rb') as f:
-      pixels.append(tf.io.decode_image(f.read(), channels=3).numpy())
+      pixels.append(fh_masks.decode_like_trainer(f.read()))
   return pixels
 
 

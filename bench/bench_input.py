@@ -1,14 +1,15 @@
 r"""Throughput of the pretraining input pipeline (SPEC 2) on this CPU.
 
-Writes ImageNet-like records (photos of 300-500 px with real FH masks,
-`felzenszwalb(scale=1000, min_size=1000)`) to a temporary folder, then times
-`detcon.data.make_pretrain_dataset` after a warm-up. Every image yields two
-views and their masks.
+Writes ImageNet-like records (`detcon.sample_data` photos of 300-500 px with
+real FH masks, `felzenszwalb(scale=1000, min_size=1000)`) to a temporary
+folder, then times `detcon.data.make_pretrain_dataset` after a warm-up. Every
+image yields two views and their masks.
 
   python -m bench.bench_input --image_size=224 --batch_size=64 \
       --num_batches=20
 """
 
+import glob
 import io
 import multiprocessing
 import os
@@ -18,11 +19,10 @@ import time
 import numpy as np
 from absl import app, flags
 from PIL import Image
-from skimage import data as skdata
-from skimage import segmentation, transform
+from skimage import segmentation
 
 from bench import machine
-from detcon import data, records
+from detcon import data, records, sample_data
 
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'View side, pixels.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
@@ -36,37 +36,28 @@ _NUM_UNIQUE = flags.DEFINE_integer(
 _MASK_ENCODING = flags.DEFINE_enum('mask_encoding', 'png',
                                    list(records.MASK_ENCODINGS),
                                    'Mask encoding of the records.')
-_PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket', 'immunohistochemistry',
-           'hubble_deep_field', 'cat', 'coins', 'camera')
 
 
-def _make_image(index):
-  """A random crop of a skimage photo, resized to 300-500 px per side.
-
-  Returns:
-    (JPEG bytes, height, width, raw FH mask `[1, H, W]` int).
-  """
-  rng = np.random.default_rng(index)
-  photo = getattr(skdata, _PHOTOS[index % len(_PHOTOS)])()
-  if photo.ndim == 2:
-    photo = np.stack([photo] * 3, -1)
-  h, w = photo.shape[:2]
-  ch, cw = rng.integers(h // 2, h + 1), rng.integers(w // 2, w + 1)
-  y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-  size = tuple(rng.integers(300, 501, size=2))
-  image = transform.resize(photo[y:y + ch, x:x + cw], size, anti_aliasing=True)
-  image = (image * 255).round().astype(np.uint8)
-  masks = segmentation.felzenszwalb(image, scale=1000, min_size=1000)[None]
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format='JPEG', quality=90)
-  return buf.getvalue(), size[0], size[1], masks
+def _read_photo(path):
+  """(JPEG bytes, height, width, FH mask `[1, H, W]`) of one photo file."""
+  with open(path, 'rb') as f:
+    jpeg = f.read()
+  pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB'))
+  masks = segmentation.felzenszwalb(pixels, scale=1000, min_size=1000)[None]
+  return jpeg, pixels.shape[0], pixels.shape[1], masks
 
 
 def _write_records(directory, num_records, num_unique, encoding, shards=4):
   """Writes `train-%05d-of-%05d` shards; returns their paths."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(directory, 'photos')
+  sample_data.make_imagenet_folder(folder, num_classes=1,
+                                   images_per_class=num_unique, min_side=300,
+                                   max_side=500)
+  files = sorted(glob.glob(os.path.join(folder, '*', '*.JPEG')))
   with multiprocessing.Pool(os.cpu_count()) as pool:
-    images = pool.map(_make_image, range(num_unique))
+    images = [(jpeg, height, width, records.encode_masks(masks, encoding))
+              for jpeg, height, width, masks in pool.map(_read_photo, files)]
   paths = [os.path.join(directory, f'train-{i:05d}-of-{shards:05d}')
            for i in range(shards)]
   writers = [tf.io.TFRecordWriter(p) for p in paths]
@@ -74,8 +65,7 @@ def _write_records(directory, num_records, num_unique, encoding, shards=4):
     jpeg, height, width, masks = images[i % num_unique]
     example = records.make_example(
         image=jpeg, height=height, width=width, filename=f'{i}.JPEG',
-        label=i % 1000 + 1, synset='n00000000', text='bench',
-        masks=records.encode_masks(masks, encoding))
+        label=i % 1000 + 1, synset='n00000000', text='bench', masks=masks)
     writers[i % shards].write(example.SerializeToString())
   for w in writers:
     w.close()

@@ -83,11 +83,10 @@ def naive_cell_ids(fh_masks, grid_size, max_mask_id):
 
 def _naive_view_pooling(keys, fh_masks, config):
   """`train._view_pooling` with the naive cell ids."""
-  d = config.detcon
   cell_ids = naive_cell_ids(fh_masks[..., 0],
-                            train.grid_size(config.image_size), d.max_mask_id)
-  ids = jax.vmap(lambda k, c: masks.sample_mask_ids(
-      k, c[None], d.num_samples, d.max_mask_id)[0])(keys, cell_ids)
+                            train.grid_size(config.image_size),
+                            config.detcon.max_mask_id)
+  ids = train.sample_ids(keys, cell_ids, config)
   return ids, masks.pooling_weights(cell_ids, ids)
 
 

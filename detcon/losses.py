@@ -14,26 +14,22 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
                                        1e-12))
 
 
-def _one_direction(pred, cross, own, pind, cross_ind, own_ind, temperature,
-                   axis_name):
+def _one_direction(pred, cross, own, pind, cross_ind, own_ind, offset,
+                   temperature):
   """Mean over local (b, i) of the weighted cross-entropy of one view's masks.
 
   Args:
-    pred: `[B, K, D]` online predictions of view a.
-    cross: `[B, K, D]` target projections of the other view.
-    own: `[B, K, D]` target projections of view a.
-    pind: int `[B, K]` ids of `pred`; `cross_ind`, `own_ind` likewise.
+    pred: `[B, K, D]` online predictions of view a, L2-normalised.
+    cross: `[N, K, D]` target projections of the other view, of the N images
+      over all devices, L2-normalised.
+    own: `[N, K, D]` target projections of view a, likewise.
+    pind: int `[B, K]` ids of `pred`; `cross_ind`, `own_ind` likewise, of
+      this device's images only (positives never cross images).
+    offset: index in `[0, N)` of this device's first image.
     temperature: softmax temperature.
-    axis_name: data-parallel axis whose targets are gathered as negatives.
   """
   b, k, _ = pred.shape
-  pred, cross, own = map(_l2_normalize, (pred, cross, own))
-  offset = 0
-  if axis_name is not None:
-    cross = jax.lax.all_gather(cross, axis_name, tiled=True)
-    own = jax.lax.all_gather(own, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * b
-  n = cross.shape[0]  # Images over all devices.
+  n = cross.shape[0]
   # same_image[b, u]: target image u is image b of this device.
   same_image = jnp.arange(n)[None, :] == (offset + jnp.arange(b))[:, None]
   same_image = same_image[:, None, :, None]  # [B, 1, N, 1]
@@ -68,17 +64,24 @@ def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
     tind1, tind2: int `[B, K]` mask ids of the target projections.
     temperature: softmax temperature (0.1).
     axis_name: inside a data-parallel map, the axis whose devices' targets
-      are gathered as extra negatives. The value is this device's mean over
-      its (b, i); its mean over devices equals the one-device loss on the
-      whole batch.
+      are gathered (once, for both directions) as extra negatives. The value
+      is this device's mean over its (b, i); its mean over devices equals the
+      one-device loss on the whole batch.
 
   Returns:
     Scalar loss.
   """
-  return (_one_direction(pred1, target2, target1, pind1, tind2, tind1,
-                         temperature, axis_name) +
-          _one_direction(pred2, target1, target2, pind2, tind1, tind2,
-                         temperature, axis_name))
+  pred1, pred2, target1, target2 = map(_l2_normalize,
+                                       (pred1, pred2, target1, target2))
+  offset = 0
+  if axis_name is not None:
+    target1 = jax.lax.all_gather(target1, axis_name, tiled=True)
+    target2 = jax.lax.all_gather(target2, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * pred1.shape[0]
+  return (_one_direction(pred1, target2, target1, pind1, tind2, tind1, offset,
+                         temperature) +
+          _one_direction(pred2, target1, target2, pind2, tind1, tind2, offset,
+                         temperature))
 
 
 def byol_regression(pred1, pred2, target1, target2):

@@ -128,6 +128,19 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
   return init(rng)
 
 
+def sample_ids(keys, cell_ids, config):
+  """Sampled mask ids `[B, K]`, each image drawing with its own key.
+
+  Args:
+    keys: `[B]` PRNG keys, one per image.
+    cell_ids: int32 `[B, cells]` majority id per cell.
+    config: the run's config (`detcon`).
+  """
+  d = config.detcon
+  return jax.vmap(lambda k, c: masks.sample_mask_ids(
+      k, c[None], d.num_samples, d.max_mask_id)[0])(keys, cell_ids)
+
+
 def sample_view_masks(keys, fh_masks, config):
   """Cell ids and sampled mask ids of one view, as the train step draws them.
 
@@ -139,12 +152,10 @@ def sample_view_masks(keys, fh_masks, config):
   Returns:
     (int32 `[B, cells]` majority id per cell, int32 `[B, K]` sampled ids).
   """
-  d = config.detcon
   cell_ids = masks.cell_mask_ids(fh_masks[..., 0],
-                                 grid_size(config.image_size), d.max_mask_id)
-  ids = jax.vmap(lambda k, c: masks.sample_mask_ids(
-      k, c[None], d.num_samples, d.max_mask_id)[0])(keys, cell_ids)
-  return cell_ids, ids
+                                 grid_size(config.image_size),
+                                 config.detcon.max_mask_id)
+  return cell_ids, sample_ids(keys, cell_ids, config)
 
 
 def _view_pooling(keys, fh_masks, config):
