@@ -18,6 +18,10 @@ import numpy as np
 from PIL import Image
 
 MASK_KEY = 'image/felzenszwalb_segmentations'
+# Which method made a record's masks (absent in records of the original
+# release and of older versions: readers must not require it).
+MASK_SOURCE_KEY = 'image/mask_source'
+MASK_SOURCES = ('fh', 'slic', 'ground_truth')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 MASK_ENCODINGS = ('png', 'raw')
 
