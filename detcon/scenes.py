@@ -223,8 +223,8 @@ def _blotches(rng, u, v, cycles):
 def _mesh(rng, u, v, cycles):
   a, b = _turned(u, v, rng.uniform(0, np.pi))
   ph = rng.random(2)
-  return ((np.abs((a * cycles + ph[0]) % 1 - 0.5) > 0.32)
-          | (np.abs((b * cycles + ph[1]) % 1 - 0.5) > 0.32))
+  return ((np.abs((a * cycles + ph[0]) % 1 - 0.5) > 0.38)
+          | (np.abs((b * cycles + ph[1]) % 1 - 0.5) > 0.38))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +241,7 @@ _KINDS = (None, _Kind(_disc, _rings, (1.6, 2.6)),
           _Kind(_ring, _zigzag, (2.2, 3.2)),
           _Kind(_star, _spokes, (1.1, 1.6)),
           _Kind(_crescent, _blotches, (1.6, 2.4)),
-          _Kind(_ellipse, _mesh, (2.2, 3.2)))
+          _Kind(_ellipse, _mesh, (2.0, 2.8)))
 
 
 @dataclasses.dataclass(frozen=True)
