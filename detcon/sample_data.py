@@ -21,12 +21,12 @@ _PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'hubble_deep_field',
 
 
 @functools.cache
-def _photos() -> tuple[np.ndarray, ...]:
+def photos() -> tuple[np.ndarray, ...]:
   """The bundled photos, each RGB uint8 `[H, W, 3]` (grayscale ones tiled)."""
-  photos = [getattr(data, name)() for name in _PHOTOS]
-  photos.extend(data.stereo_motorcycle()[:2])  # Left and right views.
+  loaded = [getattr(data, name)() for name in _PHOTOS]
+  loaded.extend(data.stereo_motorcycle()[:2])  # Left and right views.
   return tuple(np.repeat(p[..., None], 3, axis=-1) if p.ndim == 2 else p
-               for p in photos)
+               for p in loaded)
 
 
 def _random_image(rng: np.random.Generator, photo: np.ndarray, min_side: int,
@@ -68,10 +68,10 @@ def make_imagenet_folder(root: str, num_classes: int = 3,
     The synsets (folder names), sorted.
   """
   rng = np.random.default_rng(seed)
-  photos = _photos()
+  all_photos = photos()
   synsets = [f'n{i + 1:08d}' for i in range(num_classes)]
   for i, synset in enumerate(synsets):
-    pool = photos[i % len(photos)::num_classes]
+    pool = all_photos[i % len(all_photos)::num_classes]
     class_dir = os.path.join(root, synset)
     os.makedirs(class_dir, exist_ok=True)
     for k in range(images_per_class):
@@ -105,7 +105,7 @@ def make_bad_files(class_dir: str) -> dict[str, str]:
     {file name: 'converted' or 'skipped'}.
   """
   os.makedirs(class_dir, exist_ok=True)
-  rgb = Image.fromarray(_photos()[1]).resize((64, 48))
+  rgb = Image.fromarray(photos()[1]).resize((64, 48))
   exif = Image.Exif()
   exif[0x0112] = 6  # Orientation: rotate 90 degrees to display.
   exif[0x010F] = 'DetCon test camera'  # Make.
