@@ -13,6 +13,7 @@ except an image that exists but cannot be decoded, which raises
 `UnreadableImage` so that callers can skip it and count it.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -37,6 +38,7 @@ class UnreadableImage(VocError):
   """An image file exists but cannot be decoded (corrupt or truncated)."""
 
 
+@functools.cache
 def palette() -> np.ndarray:
   """VOC's colour map: uint8 `[256, 3]`, entry i the colour of label i.
 
