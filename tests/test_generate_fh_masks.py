@@ -150,9 +150,9 @@ def test_keep_freed_memory_spares_fh_its_page_faults():
   code = """if True:
     import resource, sys
     from skimage import data, segmentation
-    import generate_fh_masks_for_imagenet as fh_masks
+    from detcon import record_writer
     if sys.argv[1] == 'keep':
-      fh_masks.keep_freed_memory()
+      record_writer.keep_freed_memory()
     image = data.astronaut()
     segmentation.felzenszwalb(image, scale=100, min_size=50)  # Peak memory.
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
