@@ -1,15 +1,20 @@
-r"""Writes ImageNet as DetCon TFRecords: image, label and FH masks (SPEC 1).
+r"""Writes image folders as DetCon TFRecords: image, label, masks (SPEC 1).
 
   python generate_fh_masks_for_imagenet.py \
       --train_directory=imagenet/train --validation_directory=imagenet/val \
       --output_directory=imagenet-fh
 
-Inputs are `<directory>/<synset>/<image file>` (ImageNet layout; give either
-directory or both). A label is the synset's 1-based line in `--labels_file`
+Inputs (give either directory or both): each top-level sub-folder of a
+directory is a class (`<directory>/<synset>/...`, ImageNet layout), and every
+file at any depth below it belongs to that class. Files directly in the
+directory are unlabelled (COCO style, e.g. `--train_directory=coco/train2017`):
+label 0, empty synset and text. A directory may mix both; hidden files and
+folders are ignored. A label is the synset's 1-based line in `--labels_file`
 and its text comes from `--imagenet_metadata_file` (`synset<TAB>text`), as in
 the original; without those files the sorted class folders give the labels
-and the text is the synset. Records have the features of `detcon/records.py`,
-in shards `train-%05d-of-%05d` and `validation-%05d-of-%05d`.
+and the text is the synset (0 stays the "no label" value). Records have the
+features of `detcon/records.py`, in shards `train-%05d-of-%05d` and
+`validation-%05d-of-%05d`.
 
 Images: a file that already is an RGB JPEG is stored byte for byte (EXIF and
 other APP markers included); any other image PIL reads (PNG, CMYK or grayscale
@@ -17,25 +22,39 @@ JPEG, ...) is converted to RGB and stored as a quality-95 JPEG. EXIF
 orientation is never applied: the stored pixels are the file's, as the
 trainer's `tf.io.decode_jpeg` returns them. The masks are computed on exactly
 those pixels: the stored bytes are decoded with `tf.io.decode_image(...,
-channels=3)` (PIL's JPEG decoder differs from it by a few levels), then
-`skimage.segmentation.felzenszwalb` runs once per (scale, min_size) pair.
+channels=3)` (PIL's JPEG decoder differs from it by a few levels).
+
+Masks (`--segmentation`; each record says which in `image/mask_source`):
+`fh` (the default) runs `skimage.segmentation.felzenszwalb` once per (scale,
+min_size) pair; `slic` runs `skimage.segmentation.slic` (`start_label=0`)
+once; and `ground_truth` stores each image's label PNG from
+`--ground_truth_directory` (VOC `SegmentationObject` / `SegmentationClass`
+style: palette or 8-bit grayscale, pixel values are the ids, 255 is ignore /
+boundary). The label PNG of `<directory>/<path>.<ext>` is
+`<ground_truth_directory>/<path>.png`, or else
+`<ground_truth_directory>/<file stem>.png` (VOC's flat layout). Its values
+are stored exactly, except 255, which becomes id 0 or an id of its own
+(`--ground_truth_ignore`).
 
 Skipped, with the reason logged and counted: empty, unreadable, unknown or
 corrupt (e.g. truncated) files; images whose shorter side is under 8 pixels
 (`MIN_SIDE`, one JPEG block: the input pipeline's smallest random crop, 8% of
 the area, would then be about 2x2 pixels and FH has nothing to separate);
-and, with `--mask_encoding=raw`, images with more than 256 segments, whose
-ids the original uint8 layout cannot hold (they are never wrapped).
+with `--mask_encoding=raw`, images with more than 256 segments, whose ids the
+original uint8 layout cannot hold (they are never wrapped); and, with
+`--segmentation=ground_truth`, images without a label PNG or whose label PNG
+is unreadable or of another size than the image.
 
 Work: the file list is sorted, shuffled with `--seed` and cut into contiguous
 shards; `--num_threads` worker processes each write whole shards. A shard is
 written to `.<shard name>.tmp-<pid>` and renamed once complete, so a killed
 job leaves no partial file under a final name, and rerunning the same command
 skips the complete shards and redoes only those that were in flight. A
-fingerprint of the inputs and settings of each split, kept beside the shards,
-stops a rerun with other inputs or settings from mixing its shards with the
-old ones. `--num_tasks`/`--task_index` split the shards over machines sharing
-the output directory (shard i goes to task i % num_tasks).
+fingerprint of the inputs and settings of each split (the mask method and its
+settings included), kept beside the shards, stops a rerun with other inputs
+or settings from mixing its shards with the old ones. `--num_tasks` /
+`--task_index` split the shards over machines sharing the output directory
+(shard i goes to task i % num_tasks).
 
 Exit code: non-zero for wrong flags or directories (with a message saying
 what to fix, before any work), when a shard could not be written (rerun to
@@ -51,13 +70,16 @@ from absl import app, flags, logging
 
 from detcon import record_writer, records
 
+_INPUT_LAYOUT = (
+    'one sub-folder per class (<dir>/<synset>/..., files at any depth) '
+    'and/or unlabelled images directly in <dir> (label 0)')
+
 flags.DEFINE_string(
     'train_directory', None,
-    'Training images as <dir>/<synset>/<image file>. Omit to skip the split.')
+    f'Training images: {_INPUT_LAYOUT}. Omit to skip the split.')
 flags.DEFINE_string(
     'validation_directory', None,
-    'Validation images as <dir>/<synset>/<image file>. Omit to skip the '
-    'split.')
+    f'Validation images: {_INPUT_LAYOUT}. Omit to skip the split.')
 flags.DEFINE_string(
     'output_directory', None,
     'Where the TFRecord shards go; created when missing. A rerun into the '
@@ -68,14 +90,42 @@ flags.DEFINE_integer(
     'num_threads', os.cpu_count(),
     'Number of worker processes (the original name is kept); each one '
     'writes whole shards. Default: the number of CPUs.')
+flags.DEFINE_enum(
+    'segmentation', record_writer.Settings.segmentation, records.MASK_SOURCES,
+    'Where the masks come from. fh: Felzenszwalb-Huttenlocher, one mask per '
+    '--fh_scales/--fh_min_sizes pair. slic: SLIC superpixels '
+    '(--slic_n_segments, --slic_compactness), one mask. ground_truth: one '
+    'label PNG per image from --ground_truth_directory, one mask.')
 flags.DEFINE_list(
     'fh_scales', ['1000'],
     'Felzenszwalb scales, comma-separated; pairs with --fh_min_sizes, one '
-    'mask per pair, stacked [n_masks, H, W].')
+    'mask per pair, stacked [n_masks, H, W]. --segmentation=fh only.')
 flags.DEFINE_list(
     'fh_min_sizes', ['1000'],
     'Felzenszwalb minimum segment sizes (pixels), comma-separated, as many '
-    'as --fh_scales.')
+    'as --fh_scales. --segmentation=fh only.')
+flags.DEFINE_integer(
+    'slic_n_segments', record_writer.Settings.slic_n_segments,
+    'SLIC\'s target number of segments (the result has about as many, ids '
+    '0..n-1). --segmentation=slic only.')
+flags.DEFINE_float(
+    'slic_compactness', record_writer.Settings.slic_compactness,
+    'SLIC\'s balance of colour and space: higher gives squarer segments. '
+    '--segmentation=slic only.')
+flags.DEFINE_string(
+    'ground_truth_directory', None,
+    'Label PNGs (palette or 8-bit grayscale, pixel = id, 255 = ignore), VOC '
+    'SegmentationObject/SegmentationClass style. The label of '
+    '<dir>/<path>.<ext> is <ground_truth_directory>/<path>.png, else '
+    '<ground_truth_directory>/<file stem>.png; images without one are '
+    'skipped and counted. --segmentation=ground_truth only (required there).')
+flags.DEFINE_enum(
+    'ground_truth_ignore', record_writer.Settings.ground_truth_ignore,
+    record_writer.GROUND_TRUTH_IGNORE,
+    'What the label PNGs\' 255 (ignore / boundary) pixels become. '
+    'background: id 0. own_id: one id of their own, one above the image\'s '
+    'largest id. Other values are stored as they are. '
+    '--segmentation=ground_truth only.')
 flags.DEFINE_string(
     'labels_file', 'imagenet_lsvrc_2015_synsets.txt',
     'One synset a line; a label is the 1-based line number. When this '
@@ -101,6 +151,14 @@ flags.DEFINE_integer(
     'i % num_tasks == task_index.')
 
 FLAGS = flags.FLAGS
+
+# The flags of each --segmentation method; giving one to another method is an
+# error rather than silently ignored.
+_METHOD_FLAGS = {
+    'fh': ('fh_scales', 'fh_min_sizes'),
+    'slic': ('slic_n_segments', 'slic_compactness'),
+    'ground_truth': ('ground_truth_directory', 'ground_truth_ignore'),
+}
 
 
 # Input listing and labels (main process).
@@ -136,25 +194,45 @@ def load_labels(labels_file: str | None, metadata_file: str | None,
   return {s: (i + 1, texts.get(s, s)) for i, s in enumerate(synsets)}
 
 
+def _files_below(directory: str) -> list[str]:
+  """The files at any depth below `directory`, sorted; hidden ones left out."""
+  paths = []
+  for root, folders, names in os.walk(directory, followlinks=True):
+    folders[:] = [f for f in folders if not f.startswith('.')]
+    paths.extend(os.path.join(root, n) for n in names if not n.startswith('.'))
+  return sorted(paths)
+
+
 def list_files(
     directory: str,
     label_map: dict[str, tuple[int, str]]) -> list[record_writer.Entry]:
-  """The files of `directory/<synset>/` for known synsets, sorted."""
-  folders = sorted(e.name for e in os.scandir(directory)
-                   if e.is_dir() and not e.name.startswith('.'))
+  """The files of `directory`, sorted, hidden ones left out.
+
+  Args:
+    directory: a split's input folder.
+    label_map: synset -> (1-based label, text), from `load_labels`.
+
+  Returns:
+    First the files directly in `directory`, unlabelled (label 0, synset and
+    text empty); then, per class folder `<directory>/<synset>/` in sorted
+    order, the files at any depth below it. Class folders that `label_map`
+    lacks are left out, with a warning.
+  """
+  top = sorted((e for e in os.scandir(directory)
+                if not e.name.startswith('.')), key=lambda e: e.name)
+  entries = [record_writer.Entry(e.path, 0, '', '')
+             for e in top if not e.is_dir()]
+  folders = [e.name for e in top if e.is_dir()]
   unknown = [f for f in folders if f not in label_map]
   if unknown:
     logging.warning('%s: ignoring %d class folders that have no label: %s',
                     directory, len(unknown), ', '.join(unknown[:10]))
-  entries = []
   for synset in folders:
     if synset in label_map:
       label, text = label_map[synset]
-      names = sorted(e.name for e in os.scandir(os.path.join(directory, synset))
-                     if e.is_file() and not e.name.startswith('.'))
       entries.extend(
-          record_writer.Entry(os.path.join(directory, synset, name), label,
-                              synset, text) for name in names)
+          record_writer.Entry(path, label, synset, text)
+          for path in _files_below(os.path.join(directory, synset)))
   return entries
 
 
@@ -172,7 +250,39 @@ def _existing_file_flag(name: str) -> str | None:
   return path
 
 
+def _holds_png(directory: str) -> bool:
+  """Whether a `.png` file lies at any depth below `directory`."""
+  return any(name.endswith('.png') for _, _, names in
+             os.walk(directory, followlinks=True) for name in names)
+
+
+def _check_ground_truth_directory() -> str:
+  """The absolute --ground_truth_directory, checked to hold label PNGs."""
+  path = FLAGS.ground_truth_directory
+  if not path:
+    raise record_writer.InputError(
+        '--segmentation=ground_truth needs --ground_truth_directory, the '
+        'folder of the label PNGs (one <image path or stem>.png per image)')
+  if not os.path.isdir(path):
+    raise record_writer.InputError(
+        f'--ground_truth_directory={path} does not exist or is not a '
+        'directory; give the folder of the label PNGs')
+  if not _holds_png(path):
+    raise record_writer.InputError(
+        f'--ground_truth_directory={path} holds no .png files; give the '
+        'folder of the label PNGs (e.g. VOC\'s SegmentationObject/)')
+  return os.path.abspath(path)
+
+
 def _parse_settings() -> record_writer.Settings:
+  """The settings of the flags, checked; InputError says what to fix."""
+  method = FLAGS.segmentation
+  for other, names in _METHOD_FLAGS.items():
+    for name in names:
+      if other != method and FLAGS[name].present:
+        raise record_writer.InputError(
+            f'--{name} is for --segmentation={other}, not '
+            f'--segmentation={method}; drop it or change --segmentation')
   try:
     scales = [float(s) for s in FLAGS.fh_scales]
     min_sizes = [int(s) for s in FLAGS.fh_min_sizes]
@@ -186,8 +296,18 @@ def _parse_settings() -> record_writer.Settings:
         f'({len(min_sizes)} values) must pair up one to one')
   if min(scales) <= 0 or min(min_sizes) < 0:
     raise record_writer.InputError('FH scales must be > 0 and min sizes >= 0')
-  return record_writer.Settings(tuple(zip(scales, min_sizes, strict=True)),
-                                FLAGS.mask_encoding)
+  if FLAGS.slic_n_segments < 1 or FLAGS.slic_compactness <= 0:
+    raise record_writer.InputError(
+        '--slic_n_segments must be at least 1 and --slic_compactness > 0')
+  return record_writer.Settings(
+      fh_pairs=tuple(zip(scales, min_sizes, strict=True)),
+      mask_encoding=FLAGS.mask_encoding,
+      segmentation=method,
+      slic_n_segments=FLAGS.slic_n_segments,
+      slic_compactness=FLAGS.slic_compactness,
+      ground_truth_directory=(_check_ground_truth_directory()
+                              if method == 'ground_truth' else ''),
+      ground_truth_ignore=FLAGS.ground_truth_ignore)
 
 
 def _check_output_directory(path: str):
@@ -237,8 +357,7 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
     if not os.path.isdir(directory):
       raise record_writer.InputError(
           f'--{split}_directory={directory} does not exist or is not a '
-          'directory; give the folder that holds one sub-folder of images '
-          'per class (<dir>/<synset>/<image>)')
+          f'directory; give the folder of the images: {_INPUT_LAYOUT}')
   label_map = load_labels(_existing_file_flag('labels_file'),
                           _existing_file_flag('imagenet_metadata_file'),
                           [directory for _, directory, _ in splits])
@@ -247,12 +366,18 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
     entries = list_files(directory, label_map)
     if not entries:
       raise record_writer.InputError(
-          f'--{split}_directory={directory} holds no image files of a '
-          'labelled class; expected <dir>/<synset>/<image> (one sub-folder '
-          'per class)')
-    classes = len({e.synset for e in entries})
-    logging.info('%s: %d files in %d classes from %s.', split, len(entries),
-                 classes, directory)
+          f'--{split}_directory={directory} holds no image files, neither '
+          f'unlabelled nor in a labelled class folder; expected '
+          f'{_INPUT_LAYOUT}')
+    if settings.segmentation == 'ground_truth':
+      entries = [
+          e._replace(ground_truth=record_writer.ground_truth_paths(
+              e.path, directory, settings.ground_truth_directory))
+          for e in entries]
+    classes = len({e.synset for e in entries if e.label})
+    unlabelled = sum(e.label == 0 for e in entries)
+    logging.info('%s: %d files (%d unlabelled) in %d classes from %s.', split,
+                 len(entries), unlabelled, classes, directory)
     listed.append((split, directory, num_shards, entries))
   _check_output_directory(FLAGS.output_directory)
   todo, complete = [], 0

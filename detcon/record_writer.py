@@ -8,11 +8,13 @@ with a pool of worker processes and print `format_summary`.
 
 Images: a file that already is an RGB JPEG is stored byte for byte; any other
 image PIL reads is converted to RGB and stored as a quality-95 JPEG. The masks
-are computed on the stored bytes as the trainer decodes them
-(`decode_like_trainer`). A file that cannot give a record raises `SkipImage`
-in `make_record`; `write_shard` counts it and goes on. A shard is written to
-`.<shard name>.tmp-<pid>`, synced and renamed once complete, so no partial
-file ever has a final name.
+are made from the stored bytes as the trainer decodes them
+(`decode_like_trainer`) by the method of `Settings.segmentation`
+(`make_masks`: FH, SLIC, or the image's ground-truth label PNG), and each
+record names that method in `records.MASK_SOURCE_KEY`. A file that cannot
+give a record raises `SkipImage` in `make_record`; `write_shard` counts it
+and goes on. A shard is written to `.<shard name>.tmp-<pid>`, synced and
+renamed once complete, so no partial file ever has a final name.
 """
 
 import atexit
@@ -37,10 +39,14 @@ from absl import logging
 from PIL import Image
 from skimage import segmentation
 
-from detcon import records
+from detcon import records, voc
 
 MIN_SIDE = 8  # Images with a shorter side (pixels) are skipped as too small.
 JPEG_QUALITY = 95  # For images that are not RGB JPEGs already.
+# What the ignore / boundary pixels (255) of a ground-truth label PNG become:
+# id 0, or an id of their own, one above the image's largest other id.
+GROUND_TRUTH_IGNORE = ('background', 'own_id')
+
 
 class InputError(Exception):
   """A problem with the flags or directories, found before any work."""
@@ -56,21 +62,24 @@ class SkipImage(Exception):
 
 
 class Entry(NamedTuple):
-  """One input file and its class."""
+  """One input file, its class and, for ground-truth masks, its label PNG."""
   path: str
-  label: int  # 1-based.
-  synset: str
-  text: str
+  label: int  # 1-based; 0 for an unlabelled image.
+  synset: str  # '' when unlabelled.
+  text: str  # '' when unlabelled.
+  # Label PNGs to try in order (`ground_truth_paths`); the first that exists
+  # gives the masks. Only read with `Settings.segmentation='ground_truth'`.
+  ground_truth: tuple[str, ...] = ()
 
 
 class Record(NamedTuple):
   """One image's record and what the summary counts of it."""
   serialized: bytes  # A tf.train.Example.
-  segments: tuple[int, ...]  # Per FH pair.
+  segments: tuple[int, ...]  # Distinct ids, per mask.
   image_bytes: int  # Stored JPEG.
   mask_bytes: int
   source: str | None  # E.g. 'PNG RGB' when re-encoded, else None.
-  fh_cpu_s: float  # CPU seconds spent in FH.
+  mask_cpu_s: float  # CPU seconds spent making the masks.
 
 
 class Shard(NamedTuple):
@@ -81,9 +90,48 @@ class Shard(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """What each image gets: FH (scale, min_size) pairs and the mask encoding."""
+  """How each image's masks are made (`make_masks`) and stored.
+
+  Attributes:
+    fh_pairs: Felzenszwalb (scale, min_size in pixels) pairs, one mask each.
+    mask_encoding: one of `records.MASK_ENCODINGS`.
+    segmentation: where the masks come from, one of `records.MASK_SOURCES`;
+      only that method's settings below matter.
+    slic_n_segments: SLIC's target number of segments (about).
+    slic_compactness: SLIC's balance of colour and space; higher gives
+      squarer segments.
+    ground_truth_directory: the folder of the label PNGs (the files read are
+      those of `Entry.ground_truth`).
+    ground_truth_ignore: one of `GROUND_TRUTH_IGNORE`.
+  """
   fh_pairs: tuple[tuple[float, int], ...]
   mask_encoding: str
+  segmentation: str = 'fh'
+  slic_n_segments: int = 25
+  slic_compactness: float = 10.0
+  ground_truth_directory: str = ''
+  ground_truth_ignore: str = 'background'
+
+  def __post_init__(self):
+    for name, allowed in (('mask_encoding', records.MASK_ENCODINGS),
+                          ('segmentation', records.MASK_SOURCES),
+                          ('ground_truth_ignore', GROUND_TRUTH_IGNORE)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'unknown {name} {getattr(self, name)!r}; use one '
+                         f'of {allowed}')
+
+
+# The settings that decide the masks of each method; with `mask_encoding`,
+# they make the fingerprint (FH's leave out `segmentation`, so that jobs of
+# versions without other methods resume).
+_MASK_SETTINGS = {
+    'fh': ('fh_pairs',),
+    'slic': ('segmentation', 'slic_n_segments', 'slic_compactness'),
+    'ground_truth': ('segmentation', 'ground_truth_directory',
+                     'ground_truth_ignore'),
+}
+# What the workers spend `Stats.mask_cpu_s` on, for the summary.
+_MASK_WORK = {'fh': 'FH', 'slic': 'SLIC', 'ground_truth': 'reading label PNGs'}
 
 
 @dataclasses.dataclass
@@ -95,7 +143,8 @@ class Stats:
   mask_bytes: int = 0
   file_bytes: int = 0
   cpu_s: float = 0.0  # CPU time of the workers in shards (all threads).
-  fh_cpu_s: float = 0.0  # The part of `cpu_s` spent in FH.
+  mask_cpu_s: float = 0.0  # The part of `cpu_s` spent making the masks.
+  unlabelled: int = 0  # Images written with label 0.
   segments: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
   converted: collections.Counter = dataclasses.field(
       default_factory=collections.Counter)  # 'PNG RGB' etc. -> count.
@@ -108,7 +157,8 @@ class Stats:
     self.mask_bytes += other.mask_bytes
     self.file_bytes += other.file_bytes
     self.cpu_s += other.cpu_s
-    self.fh_cpu_s += other.fh_cpu_s
+    self.mask_cpu_s += other.mask_cpu_s
+    self.unlabelled += other.unlabelled
     self.segments.extend(other.segments)
     self.converted.update(other.converted)
     self.skipped.extend(other.skipped)
@@ -126,6 +176,32 @@ class Summary:
   processed_after_startup: int = 0  # Files done after `startup_s`.
 
 
+# Sharding and resume (main process).
+
+
+def ground_truth_paths(path: str, input_directory: str,
+                       ground_truth_directory: str) -> tuple[str, ...]:
+  """The label PNGs of image `path`, in the order to try them.
+
+  First the image's path relative to `input_directory` with its extension
+  replaced by `.png`, then `<image file stem>.png` directly in
+  `ground_truth_directory` (VOC's flat layout).
+
+  Args:
+    path: the image file, inside `input_directory`.
+    input_directory: the split's input folder.
+    ground_truth_directory: the folder of the label PNGs.
+
+  Returns:
+    One or two paths (one when both rules give the same).
+  """
+  rel = os.path.splitext(os.path.relpath(path, input_directory))[0]
+  stem = os.path.splitext(os.path.basename(path))[0]
+  nested = os.path.join(ground_truth_directory, rel + '.png')
+  flat = os.path.join(ground_truth_directory, stem + '.png')
+  return (nested,) if nested == flat else (nested, flat)
+
+
 def plan_shards(split: str, entries: list[Entry], num_shards: int, seed: int,
                 output_directory: str) -> list[Shard]:
   """Shuffles `entries` (seeded) and cuts them into `num_shards` shards."""
@@ -141,7 +217,10 @@ def plan_shards(split: str, entries: list[Entry], num_shards: int, seed: int,
 def fingerprint(shards: list[Shard], settings: Settings,
                 input_directory: str) -> str:
   """A digest of everything that decides the shards' contents."""
-  digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings)).encode())
+  fields = dataclasses.asdict(settings)
+  decisive = {name: fields[name] for name in (
+      *_MASK_SETTINGS[settings.segmentation], 'mask_encoding')}
+  digest = hashlib.sha256(json.dumps(decisive).encode())
   for shard in shards:
     digest.update(os.path.basename(shard.path).encode() + b'\n')
     for e in shard.entries:
@@ -257,12 +336,79 @@ def decode_like_trainer(jpeg: bytes) -> np.ndarray | None:
     return None
 
 
+def read_ground_truth(paths: tuple[str, ...], shape: tuple[int, int],
+                      ignore: str) -> np.ndarray:
+  """An image's ids from the first label PNG of `paths` that exists.
+
+  Args:
+    paths: candidate label PNGs (palette or 8-bit grayscale; pixel values
+      are the ids, 255 is ignore / boundary), e.g. `Entry.ground_truth`.
+    shape: the decoded image's (height, width).
+    ignore: what 255 becomes, one of `GROUND_TRUTH_IGNORE`: 0
+      (`'background'`), or one above the largest other id (`'own_id'`).
+
+  Returns:
+    int32 `[height, width]`: the PNG's values, 255 replaced.
+
+  Raises:
+    SkipImage: no label PNG, an unreadable one, or one of another size.
+  """
+  path = next((p for p in paths if os.path.isfile(p)), None)
+  if path is None:
+    raise SkipImage('no ground-truth label',
+                    f'none of {", ".join(paths) or "(no paths given)"}')
+  try:
+    ids = voc.read_label_png(path).astype(np.int32)
+  except voc.VocError as e:
+    raise SkipImage('unreadable ground-truth label', str(e)) from e
+  if ids.shape != shape:
+    raise SkipImage(
+        'ground-truth size differs from the image',
+        f'{path} is {ids.shape[1]}x{ids.shape[0]}, the image {shape[1]}x'
+        f'{shape[0]} (width x height)')
+  ignored = ids == voc.IGNORE
+  if ignore == 'own_id':
+    ids[ignored] = ids[~ignored].max(initial=-1) + 1
+  else:
+    ids[ignored] = 0
+  return ids
+
+
+def make_masks(pixels: np.ndarray, entry: Entry,
+               settings: Settings) -> np.ndarray:
+  """The masks of one image by `settings.segmentation`.
+
+  Args:
+    pixels: the stored image as the trainer decodes it, uint8 `[H, W, 3]`.
+    entry: the input file (its `ground_truth` paths for ground-truth masks).
+    settings: the method and its settings.
+
+  Returns:
+    Integer ids >= 0, `[n_masks, H, W]`: one mask per FH pair (ids 0..n-1
+    each), one SLIC mask (ids 0..n-1), or one ground-truth mask (the label
+    PNG's values, see `read_ground_truth`).
+
+  Raises:
+    SkipImage: for ground-truth masks, see `read_ground_truth`.
+  """
+  if settings.segmentation == 'fh':
+    return np.stack([
+        segmentation.felzenszwalb(pixels, scale=scale, min_size=min_size)
+        for scale, min_size in settings.fh_pairs])
+  if settings.segmentation == 'slic':
+    return segmentation.slic(
+        pixels, n_segments=settings.slic_n_segments,
+        compactness=settings.slic_compactness, start_label=0)[None]
+  return read_ground_truth(entry.ground_truth, pixels.shape[:2],
+                           settings.ground_truth_ignore)[None]
+
+
 def make_record(entry: Entry, settings: Settings) -> Record:
   """Reads one file and builds its record.
 
   Args:
     entry: the input file and its class.
-    settings: FH pairs and mask encoding.
+    settings: how the masks are made and encoded.
 
   Returns:
     The record and its counts.
@@ -301,11 +447,10 @@ def make_record(entry: Entry, settings: Settings) -> Record:
       raise SkipImage('corrupt or truncated image',
                       'TensorFlow cannot decode it, even re-encoded')
   start_cpu = time.process_time()
-  masks = np.stack([
-      segmentation.felzenszwalb(pixels, scale=scale, min_size=min_size)
-      for scale, min_size in settings.fh_pairs])
-  fh_cpu_s = time.process_time() - start_cpu
-  segments = tuple(int(m.max()) + 1 for m in masks)
+  masks = make_masks(pixels, entry, settings)
+  mask_cpu_s = time.process_time() - start_cpu
+  segments = tuple(int(np.count_nonzero(np.bincount(m.ravel())))
+                   for m in masks)
   try:
     mask_bytes = records.encode_masks(masks, settings.mask_encoding)
   except records.MaskEncodingError as e:
@@ -314,9 +459,10 @@ def make_record(entry: Entry, settings: Settings) -> Record:
   example = records.make_example(
       image=stored, height=pixels.shape[0], width=pixels.shape[1],
       filename=os.path.basename(entry.path), label=entry.label,
-      synset=entry.synset, text=entry.text, masks=mask_bytes)
+      synset=entry.synset, text=entry.text, masks=mask_bytes,
+      mask_source=settings.segmentation)
   return Record(example.SerializeToString(), segments, len(stored),
-                len(mask_bytes), source, fh_cpu_s)
+                len(mask_bytes), source, mask_cpu_s)
 
 
 def write_shard(shard: Shard, settings: Settings) -> Stats:
@@ -345,7 +491,9 @@ def write_shard(shard: Shard, settings: Settings) -> Stats:
         stats.images[split] += 1
         stats.image_bytes += record.image_bytes
         stats.mask_bytes += record.mask_bytes
-        stats.fh_cpu_s += record.fh_cpu_s
+        stats.mask_cpu_s += record.mask_cpu_s
+        if entry.label == 0:
+          stats.unlabelled += 1
         stats.segments.append(record.segments)
         if record.source:
           stats.converted[record.source] += 1
@@ -430,6 +578,17 @@ def _size(num_bytes: int) -> str:
   return f'{num_bytes / 1e6:.2f} MB'
 
 
+def _mask_names(settings: Settings) -> list[str]:
+  """What made each mask of a record, e.g. 'scale=1000, min_size=1000'."""
+  if settings.segmentation == 'fh':
+    return [f'scale={scale:g}, min_size={min_size}'
+            for scale, min_size in settings.fh_pairs]
+  if settings.segmentation == 'slic':
+    return [f'SLIC n_segments={settings.slic_n_segments}, compactness='
+            f'{settings.slic_compactness:g}']
+  return [f'ground truth, ignore={settings.ground_truth_ignore}']
+
+
 def format_summary(summary: Summary, settings: Settings,
                    already_complete: int) -> str:
   """The final report, one fact a line."""
@@ -445,10 +604,13 @@ def format_summary(summary: Summary, settings: Settings,
       f'  images written: {images} ({per_split or "none"}) in '
       f'{summary.elapsed_s:.1f} s, {rate:.2f} images/s',
   ]
+  if stats.unlabelled:
+    lines.append(f'  unlabelled images written (label 0): {stats.unlabelled}')
   if images:
     lines.append(f'  worker CPU time: {stats.cpu_s / images:.3f} s per image '
-                 f'written, {stats.fh_cpu_s / stats.cpu_s:.0%} of it in FH '
-                 f'(workers ready after {summary.startup_s:.1f} s)')
+                 f'written, {stats.mask_cpu_s / stats.cpu_s:.0%} of it in '
+                 f'{_MASK_WORK[settings.segmentation]} (workers ready after '
+                 f'{summary.startup_s:.1f} s)')
   if stats.converted:
     kinds = ', '.join(f'{k}: {v}' for k, v in sorted(stats.converted.items()))
     lines.append(f'  re-encoded as RGB JPEG: {sum(stats.converted.values())} '
@@ -462,13 +624,12 @@ def format_summary(summary: Summary, settings: Settings,
     lines.extend(f'      {item}' for item in items[:20])
     if len(items) > 20:
       lines.append(f'      ... and {len(items) - 20} more (see the log)')
-  for j, (scale, min_size) in enumerate(settings.fh_pairs):
+  for j, name in enumerate(_mask_names(settings)):
     counts = [s[j] for s in stats.segments]
     if counts:
       lines.append(
-          f'  segments per image (scale={scale:g}, min_size={min_size}): '
-          f'min {min(counts)}, median {np.median(counts):g}, '
-          f'max {max(counts)}')
+          f'  segments per image ({name}): min {min(counts)}, median '
+          f'{np.median(counts):g}, max {max(counts)}')
   ratio = stats.mask_bytes / stats.image_bytes if stats.image_bytes else 0.0
   lines.append(
       f'  bytes written: images {_size(stats.image_bytes)}, masks '
