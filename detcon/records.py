@@ -105,9 +105,18 @@ def decode_masks_tf(data, height, width):
 
 
 def make_example(*, image: bytes, height: int, width: int, filename: str,
-                 label: int, synset: str, text: str, masks: bytes):
-  """Builds the `tf.train.Example` of SPEC 1 (`image` is RGB JPEG bytes)."""
+                 label: int, synset: str, text: str, masks: bytes,
+                 mask_source: str | None = None):
+  """Builds the `tf.train.Example` of SPEC 1 (`image` is RGB JPEG bytes).
+
+  `mask_source` (one of `MASK_SOURCES`) adds the `MASK_SOURCE_KEY` feature;
+  None leaves it out, as in the original format.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  if mask_source is not None and mask_source not in MASK_SOURCES:
+    raise ValueError(f'unknown mask source {mask_source!r}; use one of '
+                     f'{MASK_SOURCES}')
 
   def _bytes(v):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
@@ -115,7 +124,7 @@ def make_example(*, image: bytes, height: int, width: int, filename: str,
   def _int(v):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
-  return tf.train.Example(features=tf.train.Features(feature={
+  feature = {
       'image/encoded': _bytes(image),
       'image/height': _int(height),
       'image/width': _int(width),
@@ -127,7 +136,10 @@ def make_example(*, image: bytes, height: int, width: int, filename: str,
       'image/class/synset': _bytes(synset.encode()),
       'image/class/text': _bytes(text.encode()),
       MASK_KEY: _bytes(masks),
-  }))
+  }
+  if mask_source is not None:
+    feature[MASK_SOURCE_KEY] = _bytes(mask_source.encode())
+  return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def feature_spec():

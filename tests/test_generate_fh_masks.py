@@ -2,7 +2,8 @@
 
 The real script runs in a subprocess on small ImageNet-layout folders of
 real photos (`detcon.sample_data`); its shards are read back and checked
-against an independent run of FH on the decoded stored images.
+against an independent run of FH (or SLIC) on the decoded stored images, or
+against the label PNGs the tests wrote.
 """
 
 import collections
@@ -10,6 +11,7 @@ import io
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 from skimage import segmentation
 
-from detcon import records, sample_data
+from detcon import record_writer, records, sample_data, voc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'generate_fh_masks_for_imagenet.py')
@@ -132,7 +134,9 @@ def test_help_documents_every_flag(tmp_path):
   for flag in ('train_directory', 'validation_directory', 'output_directory',
                'train_shards', 'validation_shards', 'num_threads', 'fh_scales',
                'fh_min_sizes', 'labels_file', 'imagenet_metadata_file',
-               'mask_encoding', 'seed', 'num_tasks', 'task_index'):
+               'mask_encoding', 'seed', 'num_tasks', 'task_index',
+               'segmentation', 'slic_n_segments', 'slic_compactness',
+               'ground_truth_directory', 'ground_truth_ignore'):
     assert f'--{flag}:' in proc.stdout + proc.stderr, flag
 
 
@@ -150,9 +154,9 @@ def test_keep_freed_memory_spares_fh_its_page_faults():
   code = """if True:
     import resource, sys
     from skimage import data, segmentation
-    import generate_fh_masks_for_imagenet as fh_masks
+    from detcon import record_writer
     if sys.argv[1] == 'keep':
-      fh_masks.keep_freed_memory()
+      record_writer.keep_freed_memory()
     image = data.astronaut()
     segmentation.felzenszwalb(image, scale=100, min_size=50)  # Peak memory.
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -214,6 +218,7 @@ def test_labels_from_sorted_folders(data, png_run):
       assert record['image/colorspace'] == b'RGB'
       assert record['image/format'] == b'JPEG'
       assert record['image/channels'] == 3
+      assert record[records.MASK_SOURCE_KEY] == b'fh'
   assert 'No labels file' in png_run[0].stderr
 
 
@@ -281,9 +286,11 @@ def test_rerun_skips_complete_shards_and_refuses_other_settings(data,
   proc = run_script(*args, cwd=data.root)
   assert proc.returncode == 0, proc.stderr
   assert '0 written, 6 already complete' in proc.stdout
-  proc = run_script(*args, '--seed=7', cwd=data.root)
-  assert proc.returncode != 0
-  assert 'other input files or settings' in proc.stderr
+  slic = [a for a in args if a not in ONE_PAIR] + ['--segmentation=slic']
+  for changed in ([*args, '--seed=7'], slic):
+    proc = run_script(*changed, cwd=data.root)
+    assert proc.returncode != 0, changed
+    assert 'other input files or settings' in proc.stderr, changed
   assert mtimes == {n: os.stat(os.path.join(out, n)).st_mtime_ns
                     for n in shards}
 
@@ -413,3 +420,207 @@ def test_task_index_out_of_range_is_an_error(data, tmp_path):
                     '--task_index=2', cwd=data.root)
   assert proc.returncode != 0
   assert '--task_index must be in [0, --num_tasks=2)' in proc.stderr
+
+
+# Mask sources (SLIC, ground truth) and flat or nested folders: tiny images,
+# one shard per run.
+
+
+def _move(src, dst):
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  os.replace(src, dst)
+
+
+class Layouts:
+  """A flat folder, a mixed flat + nested one, and label PNGs for both."""
+
+  def __init__(self, root):
+    self.root = root
+    self.flat = os.path.join(root, 'flat')
+    self.mixed = m = os.path.join(root, 'mixed')
+    sample_data.make_imagenet_folder(self.flat, num_classes=1,
+                                     images_per_class=4, seed=2, min_side=24,
+                                     max_side=64)
+    for name in os.listdir(os.path.join(self.flat, 'n00000001')):
+      _move(os.path.join(self.flat, 'n00000001', name),
+            os.path.join(self.flat, name.replace('n00000001', 'flat')))
+    os.rmdir(os.path.join(self.flat, 'n00000001'))
+    sample_data.make_imagenet_folder(m, num_classes=2, images_per_class=3,
+                                     seed=3, min_side=24, max_side=64)
+    _move(f'{m}/n00000001/n00000001_1.JPEG',
+          f'{m}/n00000001/sub/deeper/nested.JPEG')
+    _move(f'{m}/n00000002/n00000002_1.JPEG', f'{m}/top_a.JPEG')
+    _move(f'{m}/n00000002/n00000002_2.JPEG', f'{m}/top_b.JPEG')
+    shutil.copy(f'{m}/top_a.JPEG', f'{m}/.hidden.JPEG')
+    os.makedirs(f'{m}/n00000002/.cache')
+    shutil.copy(f'{m}/top_a.JPEG', f'{m}/n00000002/.cache/cached.JPEG')
+    # File name -> (label, synset) of each file of `mixed` to write once.
+    self.labels = {
+        'top_a.JPEG': (0, ''), 'top_b.JPEG': (0, ''),
+        'n00000001_0.JPEG': (1, 'n00000001'),
+        'n00000001_2.JPEG': (1, 'n00000001'),
+        'nested.JPEG': (1, 'n00000001'),
+        'n00000002_0.JPEG': (2, 'n00000002')}
+    # File name -> the ids written to its label PNG (255: ignore).
+    self.ground_truth = {}
+    self.gt_mixed = g = os.path.join(root, 'gt_mixed')
+    self._label(f'{m}/n00000001/sub/deeper/nested.JPEG',
+                f'{g}/n00000001/sub/deeper/nested.png')
+    self._label(f'{m}/top_a.JPEG', f'{g}/nested.png', keep=False)  # Decoy.
+    self._label(f'{m}/top_a.JPEG', f'{g}/top_a.png')
+    self._label(f'{m}/n00000001/n00000001_0.JPEG', f'{g}/n00000001_0.png',
+                palette=False)  # Flat VOC layout, grayscale.
+    self._label(f'{m}/n00000002/n00000002_0.JPEG',
+                f'{g}/n00000002/n00000002_0.png')
+    self._label(f'{m}/n00000001/n00000001_2.JPEG',
+                f'{g}/n00000001/n00000001_2.png', extra_width=1)
+    self.gt_flat = os.path.join(root, 'gt_flat')
+    for i, name in enumerate(sorted(os.listdir(self.flat))):
+      self._label(os.path.join(self.flat, name),
+                  os.path.join(self.gt_flat, name.replace('.JPEG', '.png')),
+                  palette=i % 2 == 0)
+
+  def _label(self, image, png, palette=True, extra_width=0, keep=True):
+    """Writes random ids of the image's size as a palette or gray PNG."""
+    width, height = Image.open(image).size
+    rng = np.random.default_rng(len(self.ground_truth) + 10 * keep)
+    ids = rng.choice(np.array([0, 2, 5, 17, 255], np.uint8),
+                     (height, width + extra_width))
+    os.makedirs(os.path.dirname(png), exist_ok=True)
+    if palette:
+      voc.write_label_png(png, ids)
+    else:
+      Image.fromarray(ids).save(png)
+    if keep:
+      self.ground_truth[os.path.basename(image)] = ids
+
+
+@pytest.fixture(scope='module')
+def layouts(data):
+  return Layouts(os.path.join(data.root, 'layouts'))
+
+
+def _run_one_shard(layouts, directory, name, *args):
+  """(process, records) of the script on `directory`, into one shard."""
+  out = os.path.join(layouts.root, name)
+  proc = run_script(f'--train_directory={directory}',
+                    f'--output_directory={out}', '--train_shards=1',
+                    '--num_threads=2', *args, cwd=layouts.root)
+  assert proc.returncode == 0, proc.stderr
+  return proc, read_records(os.path.join(out, 'train-00000-of-00001'))
+
+
+@pytest.fixture(scope='module')
+def slic_run(layouts):
+  return _run_one_shard(layouts, layouts.mixed, 'slic', '--segmentation=slic',
+                        '--slic_n_segments=12', '--slic_compactness=5')
+
+
+@pytest.fixture(scope='module')
+def gt_mixed_run(layouts):
+  return _run_one_shard(layouts, layouts.mixed, 'gt_mixed',
+                        '--segmentation=ground_truth',
+                        f'--ground_truth_directory={layouts.gt_mixed}')
+
+
+@pytest.fixture(scope='module')
+def gt_flat_run(layouts):
+  return _run_one_shard(layouts, layouts.flat, 'gt_flat',
+                        '--segmentation=ground_truth',
+                        f'--ground_truth_directory={layouts.gt_flat}',
+                        '--ground_truth_ignore=own_id')
+
+
+def test_slic_masks_equal_slic_on_decoded_stored_image(slic_run):
+  _, written = slic_run
+  assert written
+  for record in written:
+    image = tf.io.decode_image(record['image/encoded'], channels=3).numpy()
+    masks = records.decode_masks(record[records.MASK_KEY],
+                                 record['image/height'], record['image/width'])
+    expected = segmentation.slic(image, n_segments=12, compactness=5,
+                                 start_label=0)
+    np.testing.assert_array_equal(masks, expected[None])
+    assert record[records.MASK_SOURCE_KEY] == b'slic'
+
+
+def test_mixed_folder_gives_unlabelled_and_nested_class_files(layouts,
+                                                              slic_run):
+  proc, written = slic_run
+  seen = collections.Counter(r['image/filename'].decode() for r in written)
+  assert seen == dict.fromkeys(layouts.labels, 1)  # Hidden ones left out.
+  for record in written:
+    label, synset = layouts.labels[record['image/filename'].decode()]
+    assert record['image/class/label'] == label
+    assert record['image/class/synset'].decode() == synset
+    assert record['image/class/text'].decode() == synset
+  assert 'unlabelled images written (label 0): 2\n' in proc.stdout
+
+
+def test_flat_folder_writes_every_image_once_with_label_0(layouts,
+                                                          gt_flat_run):
+  proc, written = gt_flat_run
+  names = sorted(r['image/filename'].decode() for r in written)
+  assert names == sorted(os.listdir(layouts.flat))
+  for record in written:
+    assert record['image/class/label'] == 0
+    assert record['image/class/synset'] == record['image/class/text'] == b''
+  assert f'unlabelled images written (label 0): {len(names)}\n' in proc.stdout
+
+
+@pytest.mark.parametrize('run, ignore', [('gt_mixed_run', 'background'),
+                                         ('gt_flat_run', 'own_id')])
+def test_ground_truth_masks_round_trip(layouts, run, ignore, request):
+  _, written = request.getfixturevalue(run)
+  assert len(written) >= 4
+  for record in written:
+    ids = layouts.ground_truth[record['image/filename'].decode()]
+    ignored = ids == 255
+    fill = 0 if ignore == 'background' else int(ids[~ignored].max()) + 1
+    masks = records.decode_masks(record[records.MASK_KEY],
+                                 record['image/height'], record['image/width'])
+    np.testing.assert_array_equal(masks, np.where(ignored, fill, ids)[None])
+    assert record[records.MASK_SOURCE_KEY] == b'ground_truth'
+
+
+def test_missing_or_wrong_size_label_png_skips_the_image(layouts,
+                                                         gt_mixed_run):
+  proc, written = gt_mixed_run
+  assert {r['image/filename'].decode() for r in written} == set(
+      layouts.labels) - {'top_b.JPEG', 'n00000001_2.JPEG'}
+  assert 'files skipped: 2\n' in proc.stdout
+  assert 'no ground-truth label: 1\n' in proc.stdout
+  assert 'ground-truth size differs from the image: 1\n' in proc.stdout
+  assert f'{os.path.join(layouts.mixed, "top_b.JPEG")} (' in proc.stdout
+
+
+def test_mask_source_flag_errors_are_clear(data, tmp_path):
+  no_pngs = tmp_path / 'no_pngs'
+  no_pngs.mkdir()
+  (no_pngs / 'notes.txt').write_text('labels go here')
+  cases = [
+      (['--segmentation=ground_truth'], 'needs --ground_truth_directory'),
+      (['--segmentation=ground_truth',
+        f'--ground_truth_directory={tmp_path / "missing"}'], 'does not exist'),
+      (['--segmentation=ground_truth', f'--ground_truth_directory={no_pngs}'],
+       'holds no .png files'),
+      (['--segmentation=slic', '--fh_scales=100'],
+       '--fh_scales is for --segmentation=fh'),
+  ]
+  for extra, message in cases:
+    out = tmp_path / 'out'
+    proc = run_script(f'--train_directory={data.val}',
+                      f'--output_directory={out}', *extra, cwd=tmp_path)
+    assert proc.returncode != 0, message
+    assert message in proc.stderr, proc.stderr
+    assert not out.exists()  # No work started.
+
+
+def test_unknown_mask_source_or_settings_are_refused():
+  with pytest.raises(ValueError, match='unknown mask source'):
+    records.make_example(image=b'', height=1, width=1, filename='a.jpg',
+                         label=0, synset='', text='', masks=b'',
+                         mask_source='felzenszwalb')
+  with pytest.raises(ValueError, match='unknown ground_truth_ignore'):
+    record_writer.Settings(((1000.0, 1000),), 'png',
+                           ground_truth_ignore='drop')
