@@ -1,10 +1,11 @@
-"""Released checkpoints (SPEC 12): reading, conversion, init_from.
+"""Released checkpoints (SPEC 12): reading, conversion, init_from, --npy.
 
 The files are built here in the released layout (`tests.released_layout`),
 not by renaming our own exports.
 """
 
 import functools
+import json
 import logging
 import os
 import pickle
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from detcon import export, train
-from tests import released_layout, test_export, test_train
+from tests import released_layout, test_demo, test_export, test_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50 = 'res_net50/~/'
@@ -282,3 +283,36 @@ def test_init_from_pretrained_names_the_config_to_fix(field, value, message):
   with pytest.raises(ValueError, match='wrong shape') as error:
     export.init_from_pretrained(*_network(config), pretrained)
   assert message in str(error.value)
+
+
+# --npy of linear_eval, on the quick demo's records.
+
+
+def _linear_eval(*args):
+  return subprocess.run([sys.executable, '-m', 'detcon.linear_eval', *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_linear_eval_reads_a_released_file(tmp_path_factory, tmp_path):
+  out, _ = test_demo.quick_demo_run(tmp_path_factory)
+  npy = released_layout.save(tmp_path / 'r18.npy', _r18(num_classes=0))
+  result = _linear_eval(f'--npy={npy}', '--encoder=ResNet18',
+                        f'--dataset_directory={os.path.join(out, "records")}',
+                        '--num_steps=2', '--batch_size=4', '--image_size=32',
+                        '--eval_split=train')
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  assert printed['npy'] == npy and printed['eval_split'] == 'train'
+  assert printed['num_examples'] == 12  # Every train record of the demo.
+  assert 0 <= printed['top1'] <= printed['top5'] <= 1
+  assert 'ResNet18 (' + npy in result.stderr
+  assert not list(tmp_path.glob('*.json'))  # Printed only.
+
+
+def test_linear_eval_help_and_source_flags():
+  result = _linear_eval('--help')
+  for flag in ('--npy', '--encoder', '--checkpoint_dir'):
+    assert flag in result.stdout, flag
+  result = _linear_eval('--npy=a.npy', '--checkpoint_dir=b')
+  assert result.returncode != 0
+  assert 'exactly one of --checkpoint_dir' in result.stderr
