@@ -2,11 +2,15 @@ r"""Linear evaluation of a frozen encoder (BYOL's protocol).
 
   python -m detcon.linear_eval --checkpoint_dir=/ckpt/detcon \
       --dataset_directory=/data/imagenet-fh --num_steps=5000
+  python -m detcon.linear_eval --npy=resnet50_detcon_b_imagenet_1k.npy \
+      --dataset_directory=/data/imagenet-fh --num_steps=5000
 
-The command restores the newest pretraining checkpoint, trains a linear
+The command restores the newest pretraining checkpoint (or reads a released
+or exported `.npy` file, `export.load_pretrained`), trains a linear
 classifier on the train records (random crop and flip) and reports top-1 and
 top-5 accuracy on the validation records (centre crop), as one JSON line that
-it also writes to `<checkpoint_dir>/linear_eval.json`. It runs in one process.
+it also writes to `<checkpoint_dir>/linear_eval.json` (with `--npy`, printed
+only). It runs in one process.
 
 A linear classifier is trained on the globally mean-pooled feature map of the
 frozen encoder, run in inference mode (BatchNorm with its moving statistics),
@@ -25,7 +29,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import haiku as hk
 import jax
@@ -184,16 +188,20 @@ def evaluate(features_fn: FeaturesFn,
 RESULT_FILE = 'linear_eval.json'
 
 
-def _checked(batches: Iterable[Batch], num_classes: int) -> Iterator[Batch]:
+_CHECKPOINT_FIX = ('evaluate on the records of the pretraining classes, or '
+                   'pretrain with --config.num_classes set to the number of '
+                   'classes')
+
+
+def _checked(batches: Iterable[Batch], num_classes: int,
+             fix: str = _CHECKPOINT_FIX) -> Iterator[Batch]:
   """Passes batches through; fails on a label the classifier cannot hold."""
   for batch in batches:
     top = int(np.max(batch['labels']))
     if top >= num_classes:
       raise ValueError(
-          f'the records hold label {top + 1} (1-based) but the checkpoint was '
-          f'pretrained with config.num_classes={num_classes}; evaluate on the '
-          'records of the pretraining classes, or pretrain with '
-          '--config.num_classes set to the number of classes')
+          f'the records hold label {top + 1} (1-based) but the classifier has '
+          f'num_classes={num_classes}; {fix}')
     yield batch
 
 
@@ -225,67 +233,126 @@ def _eval_shards(dataset_directory: str, eval_split: str) -> tuple[list[str],
   return data.find_shards(dataset_directory, 'train'), 'train'
 
 
-def run(checkpoint_dir: str, dataset_directory: str | None = None, *,
+class _Source(NamedTuple):
+  """A frozen encoder to evaluate, and the settings it comes with."""
+  encoder: str
+  width_multiplier: int
+  params: hk.Params
+  state: hk.State
+  bn_decay: float
+  bn_eps: float
+  num_classes: int
+  image_size: int  # Default crop side, pixels.
+  dataset_directory: str | None  # Default records.
+  name: str  # Where the weights come from, for the log.
+  result: dict[str, Any]  # What the result records about the source.
+  fix: str  # How to fix labels beyond num_classes.
+
+
+def _from_checkpoint(checkpoint_dir: str) -> _Source:
+  """The encoder and settings of the newest checkpoint of a pretraining run."""
+  from detcon import checkpoint  # pylint: disable=g-import-not-at-top
+  restored = checkpoint.restore_latest(checkpoint_dir)
+  config = restored['config']
+  m = config.model
+  return _Source(
+      m.encoder, m.width_multiplier, restored['params'], restored['state'],
+      m.bn_decay, m.bn_eps, config.num_classes, config.image_size,
+      config.dataset_directory, f'step {restored["step"]} of {checkpoint_dir}',
+      {'pretrain_step': restored['step']}, _CHECKPOINT_FIX)
+
+
+def _from_npy(npy: str, encoder: str | None) -> _Source:
+  """The encoder of a released or exported `.npy` file, default settings.
+
+  The classifier gets the file's number of classes when it has a classifier
+  (1000 for the released ImageNet files), else 1000.
+  """
+  from detcon import export  # pylint: disable=g-import-not-at-top
+  pretrained = export.load_pretrained(npy, encoder)
+  classifier = pretrained.params.get('classifier')
+  num_classes = 1000 if classifier is None else classifier['b'].shape[-1]
+  return _Source(
+      pretrained.encoder, pretrained.width_multiplier, pretrained.params,
+      pretrained.state, 0.9, 1e-5, num_classes, 224, None, npy, {'npy': npy},
+      f'{npy} sets the number of classes from its classifier, or 1000 '
+      'without one; evaluate on records with labels up to that')
+
+
+def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
         num_steps: int, batch_size: int, learning_rate: float,
         image_size: int | None = None, eval_split: str = 'validation',
-        seed: int = 0) -> dict[str, Any]:
-  """Linear evaluation of the newest checkpoint of a pretraining run.
+        seed: int = 0, npy: str | None = None,
+        encoder: str | None = None) -> dict[str, Any]:
+  """Linear evaluation of a pretraining run's newest checkpoint or a `.npy`.
 
   Args:
-    checkpoint_dir: the pretraining run's `--checkpoint_dir`.
+    checkpoint_dir: the pretraining run's `--checkpoint_dir`; None with `npy`.
     dataset_directory: folder of `train-*` (and `validation-*`) records;
-      None: the pretraining run's `config.dataset_directory`.
+      None: the pretraining run's `config.dataset_directory` (required with
+      `npy`).
     num_steps: SGD steps of the linear classifier.
     batch_size: images per training and evaluation batch.
     learning_rate: peak learning rate (cosine decay to 0).
     image_size: side of the square crops in pixels; None: the pretraining
-      crop size (`config.image_size`).
+      crop size (`config.image_size`; 224 with `npy`).
     eval_split: 'validation' (falls back to 'train' with a warning when the
       records have no validation split) or 'train'.
     seed: seeds the classifier and the training crops.
+    npy: instead of a checkpoint, a released or exported `.npy` file
+      (`export.load_pretrained`; BatchNorm eps 1e-5).
+    encoder: with `npy`, the encoder to check the file against; None:
+      inferred from its shapes.
 
   Returns:
     {'top1', 'top5': fractions in [0, 1], 'num_examples': evaluated images,
-     'pretrain_step': the checkpoint's step, 'eval_split': the split used}.
-    The same dict is written as JSON to `<checkpoint_dir>/linear_eval.json`.
+     'eval_split': the split used, and 'pretrain_step': the checkpoint's step
+     or 'npy': the file}. From a checkpoint, the same dict is written as JSON
+    to `<checkpoint_dir>/linear_eval.json`.
 
   Raises:
-    FileNotFoundError: no checkpoint, or no records.
-    ValueError: records whose labels exceed the pretraining classes, or
-      malformed shards.
+    FileNotFoundError: no checkpoint, `.npy` file or records.
+    ValueError: records whose labels exceed the classifier's classes, a
+      `.npy` file that does not fit, or malformed shards.
   """
-  from detcon import checkpoint, data  # pylint: disable=g-import-not-at-top
-  restored = checkpoint.restore_latest(checkpoint_dir)
-  config = restored['config']
-  m = config.model
-  dataset_directory = dataset_directory or config.dataset_directory
-  image_size = image_size or config.image_size
+  from detcon import data  # pylint: disable=g-import-not-at-top
+  if npy:
+    if not dataset_directory:
+      raise ValueError('--npy needs --dataset_directory (the records to '
+                       'evaluate on)')
+    source = _from_npy(npy, encoder)
+  else:
+    source = _from_checkpoint(checkpoint_dir)
+  dataset_directory = dataset_directory or source.dataset_directory
+  image_size = image_size or source.image_size
+  num_classes, fix = source.num_classes, source.fix
   train_paths = data.find_shards(dataset_directory, 'train')
   eval_paths, eval_split = _eval_shards(dataset_directory, eval_split)
-  logging.info('Linear evaluation of %s (step %d of %s) at %dx%d: %d steps '
-               'of batch %d on %s, evaluation on its %s split.', m.encoder,
-               restored['step'], checkpoint_dir, image_size, image_size,
-               num_steps, batch_size, dataset_directory, eval_split)
-  features_fn = make_features_fn(m.encoder, m.width_multiplier,
-                                 restored['params'], restored['state'],
-                                 m.bn_decay, m.bn_eps)
+  logging.info('Linear evaluation of %s (%s) at %dx%d: %d steps of batch %d '
+               'on %s, evaluation on its %s split.', source.encoder,
+               source.name, image_size, image_size, num_steps, batch_size,
+               dataset_directory, eval_split)
+  features_fn = make_features_fn(source.encoder, source.width_multiplier,
+                                 source.params, source.state, source.bn_decay,
+                                 source.bn_eps)
   train_batches = data.make_eval_dataset(
       train_paths, batch_size=batch_size, image_size=image_size,
       mode='random', seed=seed).as_numpy_iterator()
   classifier = train_linear(
-      features_fn, _checked(train_batches, config.num_classes),
-      num_classes=config.num_classes, num_steps=num_steps,
+      features_fn, _checked(train_batches, num_classes, fix),
+      num_classes=num_classes, num_steps=num_steps,
       learning_rate=learning_rate, seed=seed,
       log_every=max(num_steps // 10, 1))
   eval_batches = data.make_eval_dataset(
       eval_paths, batch_size=batch_size, image_size=image_size,
       mode='center').as_numpy_iterator()
   result = evaluate(features_fn, classifier,
-                    _padded(_checked(eval_batches, config.num_classes),
+                    _padded(_checked(eval_batches, num_classes, fix),
                             batch_size))
-  result.update(pretrain_step=restored['step'], eval_split=eval_split)
-  with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
-    f.write(json.dumps(result, sort_keys=True) + '\n')
+  result.update(source.result, eval_split=eval_split)
+  if not npy:
+    with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
+      f.write(json.dumps(result, sort_keys=True) + '\n')
   return result
 
 
@@ -293,12 +360,20 @@ def _define_flags() -> None:
   """The command's flags (defined only when run as a program)."""
   flags.DEFINE_string(
       'checkpoint_dir', None, 'The --checkpoint_dir of a pretraining run; its '
-      'newest checkpoint is evaluated and linear_eval.json is written there.',
-      required=True)
+      'newest checkpoint is evaluated and linear_eval.json is written there. '
+      'Give this or --npy.')
+  flags.DEFINE_string(
+      'npy', None, 'Instead of --checkpoint_dir: a released checkpoint (e.g. '
+      'resnet50_detcon_b_imagenet_1k.npy) or a detcon.export --format=npy '
+      'file; needs --dataset_directory; the result is printed only.')
+  flags.DEFINE_string(
+      'encoder', None, 'With --npy: the encoder (ResNet18 ... ResNet200) to '
+      'check the file against; default: inferred from its shapes.')
   flags.DEFINE_string(
       'dataset_directory', None, 'Folder of train-%05d-of-%05d (and '
       'validation-...) records from generate_fh_masks_for_imagenet.py. '
-      'Default: the dataset_directory of the pretraining run.')
+      'Default: the dataset_directory of the pretraining run (required with '
+      '--npy).')
   flags.DEFINE_integer(
       'num_steps', 10_000, 'SGD steps of the linear classifier. BYOL trains '
       '80 epochs at batch 1024 (100,000 steps on ImageNet).', lower_bound=1)
@@ -309,7 +384,7 @@ def _define_flags() -> None:
       '0.3, 0.2, 0.1, 0.05.', lower_bound=0.0)
   flags.DEFINE_integer(
       'image_size', None, 'Crop side in pixels; default: the pretraining '
-      'image_size.', lower_bound=1)
+      'image_size (224 with --npy).', lower_bound=1)
   flags.DEFINE_enum(
       'eval_split', 'validation', ['validation', 'train'],
       'Split to report accuracy on (centre crop). Without validation records, '
@@ -320,11 +395,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  if bool(f.checkpoint_dir) == bool(f.npy):
+    raise app.UsageError('give exactly one of --checkpoint_dir (a pretraining '
+                         'run) and --npy (a released or exported .npy file)')
+  if f.encoder and not f.npy:
+    raise app.UsageError('--encoder goes with --npy; a checkpoint names its '
+                         'own encoder')
   try:
     result = run(f.checkpoint_dir, f.dataset_directory,
                  num_steps=f.num_steps, batch_size=f.batch_size,
                  learning_rate=f.learning_rate, image_size=f.image_size,
-                 eval_split=f.eval_split)
+                 eval_split=f.eval_split, npy=f.npy, encoder=f.encoder)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'detcon.linear_eval: error: {e}')
   print(json.dumps(result, sort_keys=True), flush=True)

@@ -266,7 +266,8 @@ def test_cli_help():
   result = subprocess.run(
       [sys.executable, '-m', 'detcon.export', '--helpshort'],
       capture_output=True, text=True, check=False, timeout=120)
-  for flag in ('--checkpoint_dir', '--output', '--format', '--encoder'):
+  for flag in ('--checkpoint_dir', '--npy', '--output', '--format',
+               '--encoder'):
     assert flag in result.stdout + result.stderr, flag
 
 
