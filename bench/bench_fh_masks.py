@@ -38,7 +38,7 @@ from skimage import segmentation
 
 import generate_fh_masks_for_imagenet as fh_masks
 from bench import machine
-from detcon import sample_data
+from detcon import record_writer, sample_data
 
 flags.DEFINE_integer('max_workers', os.cpu_count(),
                      'Time 1, 2, ..., max_workers worker processes.')
@@ -58,7 +58,7 @@ def decode_all(entries) -> list:
   pixels = []
   for entry in entries:
     with open(entry.path, 'rb') as f:
-      pixels.append(fh_masks.decode_like_trainer(f.read()))
+      pixels.append(record_writer.decode_like_trainer(f.read()))
   return pixels
 
 
@@ -74,10 +74,10 @@ def fh_cpu_seconds_per_image(pixels, settings) -> float:
 def run_workers(entries, settings, workers: int, out: str) -> dict:
   """One run of the script's pipeline; its figures."""
   os.makedirs(out)
-  shards = fh_masks.plan_shards(
+  shards = record_writer.plan_shards(
       'train', entries, max(1, len(entries) // FLAGS.images_per_shard),
       seed=0, output_directory=out)
-  summary = fh_masks.run(shards, settings, workers, show_progress=False)
+  summary = record_writer.run(shards, settings, workers, show_progress=False)
   if summary.failed or sum(summary.stats.images.values()) != len(entries):
     raise RuntimeError(f'the run with {workers} workers failed: '
                        f'{summary.failed}')
@@ -89,7 +89,7 @@ def run_workers(entries, settings, workers: int, out: str) -> dict:
       'startup': summary.startup_s,
       'with_startup': len(entries) / summary.elapsed_s,
       'cpu': stats.cpu_s / len(entries),
-      'fh_share': stats.fh_cpu_s / stats.cpu_s,
+      'fh_share': stats.mask_cpu_s / stats.cpu_s,
       'cores': stats.cpu_s / busy_s,
   }
 
@@ -108,11 +108,11 @@ def main(argv):
         min_side=FLAGS.min_side, max_side=FLAGS.max_side)
     entries = fh_masks.list_files(
         folder, fh_masks.load_labels(None, None, [folder]))
-    settings = fh_masks.Settings(((FLAGS.fh_scale, FLAGS.fh_min_size),),
-                                 'png')
+    settings = record_writer.Settings(
+        ((FLAGS.fh_scale, FLAGS.fh_min_size),), 'png')
     pixels = decode_all(entries)
     t_default = fh_cpu_seconds_per_image(pixels, settings)
-    fh_masks.keep_freed_memory()  # As in the workers: the ideal's FH too.
+    record_writer.keep_freed_memory()  # As in the workers: the ideal's FH too.
     print(f'{len(entries)} images, {FLAGS.min_side}-{FLAGS.max_side} px '
           f'sides; FH scale={FLAGS.fh_scale:g} min_size={FLAGS.fh_min_size}; '
           f'FH alone with glibc\'s default malloc settings: {t_default:.3f} '
