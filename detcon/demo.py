@@ -23,12 +23,15 @@ rerun by hand on real data:
   7. the loss curves from the TensorBoard events (`loss_curve.png`).
 
 It ends with a list of where everything is. The console shows each command's
-own messages; their full output (library logs included) is in `logs/`.
+own messages and its progress bar (redrawn in place on a terminal, else its
+final state only); their full output, library logs and the main loop's
+metrics of every step included, is in `logs/`.
 Rerunning the same command resumes: the mask script keeps its complete shards
 and pretraining continues from its checkpoint. A folder that holds anything
 else, or a demo run in the other mode (--quick or not), is refused.
 """
 
+import codecs
 import colorsys
 import contextlib
 import dataclasses
@@ -37,11 +40,13 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TextIO
 
 import jax
 import numpy as np
@@ -66,11 +71,16 @@ ENCODER = 'ResNet18'
 SETTINGS_FILE = 'demo_settings.json'
 SEED = 0
 TILE = 192  # Side of one picture tile, pixels.
-# Console lines in absl/glog format: level, date, time, thread, source file.
-_LOG_LINE = re.compile(r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):\d+\]')
+# Console lines in absl/glog format: level, date, time, thread, source file,
+# message.
+_LOG_LINE = re.compile(
+    r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):\d+\] (.*)')
 # The sources whose log lines are shown; other libraries' go to logs/ only.
 _SHOWN_SOURCES = ('generate_fh_masks_for_imagenet.py', 'main_loop.py',
                   'linear_eval.py', 'export.py')
+# The main loop's metrics of each step go to logs/ only; on the console, its
+# progress bar shows the latest loss.
+_STEP_LINE = re.compile(r'step \d+: ')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +177,74 @@ def prepare_output_dir(output_dir: str, settings: Settings) -> Paths:
 def _shown(line: str) -> bool:
   """Whether a command's output line goes to the console (all go to logs)."""
   match = _LOG_LINE.match(line)
-  return (not match or match.group(1) in 'EF'
-          or os.path.basename(match.group(2)) in _SHOWN_SOURCES)
+  if not match:
+    return True
+  level, source, message = match.groups()
+  source = os.path.basename(source)
+  if source == 'main_loop.py' and _STEP_LINE.match(message):
+    return False
+  return level in 'EF' or source in _SHOWN_SOURCES
+
+
+def relay(output: Iterable[bytes], log: TextIO, console: TextIO,
+          live: bool) -> None:
+  """Copies a command's output, as it comes, to its log and the console.
+
+  Lines (text ended by '\\n') all go to the log and, when `_shown`, to the
+  console after '  | '. A progress bar redraws its line after a '\\r' (as
+  tqdm does): its states go to neither, but on a live console the newest is
+  drawn in place on the last line. The bar's final state ends with '\\n',
+  as a line.
+
+  Args:
+    output: the command's output (stdout and stderr) as it comes, in
+      chunks of bytes of any size.
+    log: where every line goes.
+    console: where the shown lines go.
+    live: whether `console` is a terminal, where the bar can be redrawn.
+  """
+  decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+  pending = ''  # The text after the last '\r' or '\n'.
+  after_cr = False  # Whether that was a '\r': `pending` is a bar state.
+  drawn = ''  # The bar state drawn on the console's last line, if any.
+
+  def write(text):
+    console.write(text)
+    console.flush()
+
+  def line(text) -> bool:
+    """Logs a line; shows it if `_shown`, over the bar; returns if shown."""
+    nonlocal drawn
+    log.write(text + '\n')
+    if not _shown(text):
+      return False
+    if drawn:
+      write('\r' + ' ' * len(drawn) + '\r')
+    write(f'  | {text}\n')
+    drawn = ''
+    return True
+
+  for chunk in output:
+    pieces = re.split('([\r\n])', pending + decoder.decode(chunk))
+    pending, bar = pieces.pop(), None  # The bar state to draw, if any.
+    for text, end in zip(pieces[::2], pieces[1::2], strict=True):
+      if end == '\n':
+        if line(text):
+          bar = None  # Older than the line: the bar redraws after it.
+      elif text.strip():
+        bar = text
+      after_cr = end == '\r'
+    if after_cr and pending.strip():
+      bar = pending
+    if live and bar is not None and f'  | {bar}' != drawn:
+      text = f'  | {bar}'
+      write('\r' + text + ' ' * max(len(drawn) - len(text), 0))
+      drawn = text
+  pending += decoder.decode(b'', final=True)
+  if pending.strip():
+    line(pending)
+  elif drawn:
+    write('\n')
 
 
 def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
@@ -176,7 +252,8 @@ def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
 
   Args:
     name: what runs, for messages; its whole output (stdout and stderr) goes
-      to `<logs>/<name>.log`.
+      to `<logs>/<name>.log`, progress bars but for their final state aside
+      (see `relay`).
     args: the arguments after the Python interpreter.
     paths: the demo's paths.
 
@@ -188,13 +265,15 @@ def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
   print(f'$ {shlex.join(command)}', flush=True)
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # No TensorFlow INFO chatter.
+  live = sys.stdout.isatty()
+  if live:  # Progress bars as wide as the console, less the '  | ' margin.
+    env.setdefault('TQDM_NCOLS',
+                   str(shutil.get_terminal_size().columns - 5))
   with open(log_path, 'w') as log, subprocess.Popen(
       command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) as proc:
-    for line in proc.stdout:
-      log.write(line)
-      if _shown(line):
-        print(f'  | {line.rstrip()}', flush=True)
+      stderr=subprocess.STDOUT) as proc:
+    relay(iter(lambda: proc.stdout.read1(1 << 16), b''), log, sys.stdout,
+          live)
   if proc.returncode:
     raise DemoError(f'{name} failed with exit code {proc.returncode}; its '
                     f'whole output is in {log_path}')
@@ -236,6 +315,7 @@ def pretrain(paths: Paths, settings: Settings) -> None:
       f'--image_size={settings.image_size}',
       f'--batch_size={settings.batch_size}',
       f'--max_steps={settings.pretrain_steps}', '--log_tensors_interval=0',
+      '--progress_bar=on',
       f'--config.num_classes={settings.num_classes}',
       f'--config.optimizer.base_learning_rate={settings.base_learning_rate}',
       f'--config.model.projector_hidden_size={hidden}',

@@ -1,13 +1,16 @@
 """The built-in demo, end to end (`python -m detcon.demo --quick`)."""
 
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tqdm
 from PIL import Image
 
 from detcon import checkpoint, demo, export
@@ -100,10 +103,91 @@ def test_console_shows_commands_and_their_messages_not_library_logs(quick):
   for command in ('generate_fh_masks_for_imagenet.py', 'detcon.main_loop',
                   'detcon.linear_eval', 'detcon.export'):
     assert f' {command}' in result.stdout, command
-  assert 'main_loop.py' in result.stdout  # Its step lines.
+  assert 'main_loop.py' in result.stdout  # Its messages.
   assert 'checkpoint_manager.py' not in result.stdout  # Orbax's INFO lines.
   with open(os.path.join(out, 'logs', 'main_loop.log')) as f:
     assert 'checkpoint_manager.py' in f.read()
+
+
+def test_console_shows_final_progress_bars_not_step_lines(quick):
+  out, result = quick
+  steps = demo.QUICK.pretrain_steps
+  images = demo.QUICK.num_classes * (demo.QUICK.train_images_per_class
+                                     + demo.QUICK.validation_images_per_class)
+  assert '\r' not in result.stdout  # Off a terminal: final states only.
+  lines = result.stdout.splitlines()
+  pretrain = [x for x in lines if f'| {steps}/{steps} [' in x]
+  assert len(pretrain) == 1 and pretrain[0].startswith('  | 100%')
+  assert re.search(r'loss=\d+\.\d+, [\d.]+ images/s', pretrain[0])
+  assert sum(f'| {images}/{images} [' in x for x in lines) == 1  # Masks.
+  assert '] step ' not in result.stdout
+  with open(os.path.join(out, 'logs', 'main_loop.log')) as f:
+    log = f.read()
+  assert '\r' not in log
+  for step in range(1, steps + 1):
+    assert re.search(rf'main_loop\.py:\d+\] step {step}: .*loss=', log)
+  assert pretrain[0][len('  | '):] in log.splitlines()
+
+
+def main_loop_output() -> bytes:
+  """What `detcon.main_loop --progress_bar=on` writes over 3 steps.
+
+  A real tqdm bar, cleared before each log line as the main loop does.
+  """
+  out = io.StringIO()
+  prefix = 'I1123 10:00:00.000000 1401 main_loop.py:{}] '
+  out.write(prefix.format(201) + 'Pretraining ResNet18 for 3 steps.\n')
+  bar = tqdm.tqdm(total=3, file=out, unit='step', mininterval=0, miniters=1)
+  for step in range(1, 4):
+    bar.clear()
+    out.write(prefix.format(343) + f'step {step}: loss={1 / step:.4f}\n')
+    bar.set_postfix_str(f'loss={1 / step:.4f}', refresh=False)
+    bar.update(1)
+  bar.close()
+  out.write('{"loss": 0.3333}\n')
+  return out.getvalue().encode()
+
+
+def screen(text):
+  """The lines a terminal shows after `text`: '\r' returns to column 0."""
+  lines, column = [''], 0
+  for char in text:
+    if char == '\n':
+      lines.append('')
+      column = 0
+    elif char == '\r':
+      column = 0
+    else:
+      line = lines[-1]
+      lines[-1] = line[:column] + char + line[column + 1:]
+      column += 1
+  return [line.rstrip() for line in lines]
+
+
+@pytest.mark.parametrize('live', [False, True])
+@pytest.mark.parametrize('chunk', [7, 1 << 16])
+def test_relay_shows_lines_and_one_bar_logs_every_line(live, chunk):
+  output = main_loop_output()
+  log, console = io.StringIO(), io.StringIO()
+  demo.relay([output[i:i + chunk] for i in range(0, len(output), chunk)],
+             log, console, live)
+  final_bar = '100%|##########| 3/3'
+  shown = screen(console.getvalue())
+  assert len(shown) == 4 and shown[-1] == ''
+  assert shown[0].startswith('  | I1123') and 'Pretraining' in shown[0]
+  assert shown[1].startswith(f'  | {final_bar}') and 'loss=0.3333' in shown[1]
+  assert shown[2] == '  | {"loss": 0.3333}'
+  if live and chunk == 7:  # States drawn in place as they came.
+    assert '\r  | ' in console.getvalue()
+    assert '| 2/3 [' in console.getvalue()
+  if not live:
+    assert '\r' not in console.getvalue()
+  logged = log.getvalue().splitlines()
+  assert '\r' not in log.getvalue()
+  assert [x for x in logged if '] step ' in x] == [
+      f'I1123 10:00:00.000000 1401 main_loop.py:343] step {s}: '
+      f'loss={1 / s:.4f}' for s in (1, 2, 3)]
+  assert logged[-2].startswith(final_bar) and len(logged) == 6
 
 
 def test_other_mode_in_same_folder_is_refused(quick):
