@@ -23,34 +23,38 @@ rerun by hand on real data:
   7. the loss curves from the TensorBoard events (`loss_curve.png`).
 
 It ends with a list of where everything is. The console shows each command's
-own messages; their full output (library logs included) is in `logs/`.
+own messages and its progress bar (redrawn in place on a terminal, else its
+final state only); their full output, library logs and the main loop's
+metrics of every step included, is in `logs/`.
 Rerunning the same command resumes: the mask script keeps its complete shards
 and pretraining continues from its checkpoint. A folder that holds anything
 else, or a demo run in the other mode (--quick or not), is refused.
 """
 
+import codecs
 import colorsys
 import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TextIO
 
 import jax
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from skimage import segmentation
 
-from detcon import augment, data, records, sample_data, train
+from detcon import augment, plots, records, sample_data, train
 from detcon.configs import detcon_b
 
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -67,11 +71,16 @@ ENCODER = 'ResNet18'
 SETTINGS_FILE = 'demo_settings.json'
 SEED = 0
 TILE = 192  # Side of one picture tile, pixels.
-# Console lines in absl/glog format: level, date, time, thread, source file.
-_LOG_LINE = re.compile(r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):\d+\]')
+# Console lines in absl/glog format: level, date, time, thread, source file,
+# message.
+_LOG_LINE = re.compile(
+    r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):\d+\] (.*)')
 # The sources whose log lines are shown; other libraries' go to logs/ only.
 _SHOWN_SOURCES = ('generate_fh_masks_for_imagenet.py', 'main_loop.py',
                   'linear_eval.py', 'export.py')
+# The main loop's metrics of each step go to logs/ only; on the console, its
+# progress bar shows the latest loss.
+_STEP_LINE = re.compile(r'step \d+: ')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,8 +177,74 @@ def prepare_output_dir(output_dir: str, settings: Settings) -> Paths:
 def _shown(line: str) -> bool:
   """Whether a command's output line goes to the console (all go to logs)."""
   match = _LOG_LINE.match(line)
-  return (not match or match.group(1) in 'EF'
-          or os.path.basename(match.group(2)) in _SHOWN_SOURCES)
+  if not match:
+    return True
+  level, source, message = match.groups()
+  source = os.path.basename(source)
+  if source == 'main_loop.py' and _STEP_LINE.match(message):
+    return False
+  return level in 'EF' or source in _SHOWN_SOURCES
+
+
+def relay(output: Iterable[bytes], log: TextIO, console: TextIO,
+          live: bool) -> None:
+  """Copies a command's output, as it comes, to its log and the console.
+
+  Lines (text ended by '\\n') all go to the log and, when `_shown`, to the
+  console after '  | '. A progress bar redraws its line after a '\\r' (as
+  tqdm does): its states go to neither, but on a live console the newest is
+  drawn in place on the last line. The bar's final state ends with '\\n',
+  as a line.
+
+  Args:
+    output: the command's output (stdout and stderr) as it comes, in
+      chunks of bytes of any size.
+    log: where every line goes.
+    console: where the shown lines go.
+    live: whether `console` is a terminal, where the bar can be redrawn.
+  """
+  decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+  pending = ''  # The text after the last '\r' or '\n'.
+  after_cr = False  # Whether that was a '\r': `pending` is a bar state.
+  drawn = ''  # The bar state drawn on the console's last line, if any.
+
+  def write(text):
+    console.write(text)
+    console.flush()
+
+  def line(text) -> bool:
+    """Logs a line; shows it if `_shown`, over the bar; returns if shown."""
+    nonlocal drawn
+    log.write(text + '\n')
+    if not _shown(text):
+      return False
+    if drawn:
+      write('\r' + ' ' * len(drawn) + '\r')
+    write(f'  | {text}\n')
+    drawn = ''
+    return True
+
+  for chunk in output:
+    pieces = re.split('([\r\n])', pending + decoder.decode(chunk))
+    pending, bar = pieces.pop(), None  # The bar state to draw, if any.
+    for text, end in zip(pieces[::2], pieces[1::2], strict=True):
+      if end == '\n':
+        if line(text):
+          bar = None  # Older than the line: the bar redraws after it.
+      elif text.strip():
+        bar = text
+      after_cr = end == '\r'
+    if after_cr and pending.strip():
+      bar = pending
+    if live and bar is not None and f'  | {bar}' != drawn:
+      text = f'  | {bar}'
+      write('\r' + text + ' ' * max(len(drawn) - len(text), 0))
+      drawn = text
+  pending += decoder.decode(b'', final=True)
+  if pending.strip():
+    line(pending)
+  elif drawn:
+    write('\n')
 
 
 def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
@@ -177,7 +252,8 @@ def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
 
   Args:
     name: what runs, for messages; its whole output (stdout and stderr) goes
-      to `<logs>/<name>.log`.
+      to `<logs>/<name>.log`, progress bars but for their final state aside
+      (see `relay`).
     args: the arguments after the Python interpreter.
     paths: the demo's paths.
 
@@ -189,13 +265,15 @@ def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
   print(f'$ {shlex.join(command)}', flush=True)
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # No TensorFlow INFO chatter.
+  live = sys.stdout.isatty()
+  if live:  # Progress bars as wide as the console, less the '  | ' margin.
+    env.setdefault('TQDM_NCOLS',
+                   str(shutil.get_terminal_size().columns - 5))
   with open(log_path, 'w') as log, subprocess.Popen(
       command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) as proc:
-    for line in proc.stdout:
-      log.write(line)
-      if _shown(line):
-        print(f'  | {line.rstrip()}', flush=True)
+      stderr=subprocess.STDOUT) as proc:
+    relay(iter(lambda: proc.stdout.read1(1 << 16), b''), log, sys.stdout,
+          live)
   if proc.returncode:
     raise DemoError(f'{name} failed with exit code {proc.returncode}; its '
                     f'whole output is in {log_path}')
@@ -237,6 +315,7 @@ def pretrain(paths: Paths, settings: Settings) -> None:
       f'--image_size={settings.image_size}',
       f'--batch_size={settings.batch_size}',
       f'--max_steps={settings.pretrain_steps}', '--log_tensors_interval=0',
+      '--progress_bar=on',
       f'--config.num_classes={settings.num_classes}',
       f'--config.optimizer.base_learning_rate={settings.base_learning_rate}',
       f'--config.model.projector_hidden_size={hidden}',
@@ -275,10 +354,6 @@ def export_backbone(paths: Paths) -> dict[str, str]:
 # Pictures.
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-  return ImageFont.load_default(size=size)
-
-
 def id_colours(ids: np.ndarray) -> np.ndarray:
   """A bright colour per integer id: uint8 `[..., 3]` for ids `[...]`."""
   unique, inverse = np.unique(ids, return_inverse=True)
@@ -290,53 +365,6 @@ def id_colours(ids: np.ndarray) -> np.ndarray:
 def _to_uint8(image: np.ndarray) -> np.ndarray:
   """float `[H, W, 3]` in [0, 1] -> uint8."""
   return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-
-
-def _fit(image: Image.Image, side: int) -> Image.Image:
-  """Scales `image` to fit a `side` x `side` white square, centred."""
-  scale = side / max(image.size)
-  size = (max(round(image.width * scale), 1),
-          max(round(image.height * scale), 1))
-  tile = Image.new('RGB', (side, side), 'white')
-  tile.paste(image.resize(size, Image.Resampling.NEAREST),
-             ((side - size[0]) // 2, (side - size[1]) // 2))
-  return tile
-
-
-def compose(rows: Sequence[Sequence[tuple[Image.Image, str]]], title: str,
-            notes: Sequence[str] = ()) -> Image.Image:
-  """A sheet of captioned `TILE`-sized tiles under a title, notes below.
-
-  Args:
-    rows: rows of (image, caption); images are fitted into the tiles.
-    title: one line at the top.
-    notes: lines of explanation at the bottom.
-
-  Returns:
-    The RGB sheet, `(TILE + 4) * max row length + 4` pixels wide, or as
-    wide as the longest text.
-  """
-  pad, caption_h, line_h, top = 4, 18, 20, 34
-  title_font, note_font, small = _font(18), _font(14), _font(12)
-  measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
-  width = max([max(len(r) for r in rows) * (TILE + pad) + pad,
-               measure.textlength(title, font=title_font) + 2 * pad]
-              + [measure.textlength(n, font=note_font) + 2 * pad
-                 for n in notes])
-  height = top + len(rows) * (caption_h + TILE + pad) + len(notes) * line_h + 8
-  sheet = Image.new('RGB', (math.ceil(width), height), 'white')
-  draw = ImageDraw.Draw(sheet)
-  draw.text((pad, 6), title, fill='black', font=title_font)
-  for r, row in enumerate(rows):
-    y = top + r * (caption_h + TILE + pad)
-    for c, (image, caption) in enumerate(row):
-      x = pad + c * (TILE + pad)
-      draw.text((x, y + 2), caption, fill='black', font=small)
-      sheet.paste(_fit(image, TILE), (x, y + caption_h))
-  y = top + len(rows) * (caption_h + TILE + pad)
-  for i, note in enumerate(notes):
-    draw.text((pad, y + i * line_h), note, fill='black', font=note_font)
-  return sheet
 
 
 def _read_records(paths: Sequence[str], count: int) -> list[dict]:
@@ -371,6 +399,9 @@ def _read_records(paths: Sequence[str], count: int) -> list[dict]:
 
 def draw_segmentations(paths: Paths, settings: Settings) -> None:
   """Writes photos of each class with their FH segments (train records)."""
+  # Imported here, as below: TensorFlow loads only once there are records to
+  # read (not for --help or a refused folder).
+  from detcon import data  # pylint: disable=g-import-not-at-top
   rows = []
   for r in _read_records(data.find_shards(paths.records, 'train'),
                          settings.pictured_images):
@@ -378,21 +409,36 @@ def draw_segmentations(paths: Paths, settings: Settings) -> None:
     overlay = (0.45 * r['image'] + 0.55 * id_colours(labels)).astype(np.uint8)
     edges = segmentation.mark_boundaries(r['image'], labels, (1, 1, 0))
     count = len(np.unique(labels))
-    rows.append([
-        (Image.fromarray(r['image']), f'{r["filename"]} ({r["synset"]})'),
-        (Image.fromarray(_to_uint8(edges)), f'{count} FH segments'),
-        (Image.fromarray(overlay), 'one colour per segment')])
-  compose(rows, f'Felzenszwalb-Huttenlocher segmentations (scale='
-          f'{settings.fh_scale}, min_size={settings.fh_min_size}) stored '
-          'in the records', [
-              'DetCon uses these unsupervised segments as its objects: '
-              'features are pooled per segment, and the same segment',
-              'in the two views of an image is a positive pair.',
-          ]).save(paths.segmentations)
+    rows.append([(r['image'], f'{r["filename"]} ({r["synset"]})'),
+                 (_to_uint8(edges), f'{count} FH segments'),
+                 (overlay, 'one colour per segment')])
+  plots.image_sheet(
+      paths.segmentations, rows, 'Felzenszwalb-Huttenlocher segmentations '
+      f'(scale={settings.fh_scale}, min_size={settings.fh_min_size}) stored '
+      'in the records', [
+          'DetCon uses these unsupervised segments as its objects: features '
+          'are pooled per segment,',
+          'and the same segment in the two views of an image is a positive '
+          'pair.',
+      ])
+
+
+def _upscale(image: np.ndarray) -> np.ndarray:
+  """uint8 `[S, S, 3]` -> `[TILE, TILE, 3]`, nearest neighbour."""
+  return np.array(Image.fromarray(image).resize((TILE, TILE),
+                                                Image.Resampling.NEAREST))
+
+
+def _cell(c: int, grid: int) -> tuple[slice, slice]:
+  """The rows and columns of cell `c` (row-major) of a `TILE`-px tile."""
+  y, x = divmod(c, grid)
+  step = TILE / grid
+  return (slice(round(y * step), round((y + 1) * step)),
+          slice(round(x * step), round((x + 1) * step)))
 
 
 def _cells_tile(image: np.ndarray, cell_ids: np.ndarray, sampled: set[int],
-                grid: int) -> Image.Image:
+                grid: int) -> tuple[np.ndarray, list[plots.Label]]:
   """The view with each cell tinted by its mask id if sampled, else dimmed.
 
   Args:
@@ -400,38 +446,32 @@ def _cells_tile(image: np.ndarray, cell_ids: np.ndarray, sampled: set[int],
     cell_ids: `[grid * grid]` majority id of each cell, row-major.
     sampled: the ids sampled for this view.
     grid: cells per side.
+
+  Returns:
+    The tile, uint8 `[TILE, TILE, 3]`, each sampled cell outlined in its id's
+    colour, and an `id <n>` label for each of those cells.
   """
-  tile = Image.fromarray(image).resize((TILE, TILE), Image.Resampling.NEAREST)
-  base = np.asarray(tile).astype(np.float64)
+  base = _upscale(image).astype(np.float64)
   out = base * 0.3
-  step = TILE / grid
+  labels = []
   for c, cell_id in enumerate(cell_ids):
-    if int(cell_id) in sampled:
-      y, x = divmod(c, grid)
-      ys = slice(round(y * step), round((y + 1) * step))
-      xs = slice(round(x * step), round((x + 1) * step))
-      out[ys, xs] = 0.5 * base[ys, xs] + 0.5 * id_colours(cell_id)
-  tile = Image.fromarray(out.astype(np.uint8))
-  draw = ImageDraw.Draw(tile)
-  for c, cell_id in enumerate(cell_ids):
-    y, x = divmod(c, grid)
-    box = [x * step, y * step, (x + 1) * step - 1, (y + 1) * step - 1]
-    if int(cell_id) in sampled:
-      colour = tuple(int(v) for v in id_colours(cell_id))
-      draw.rectangle(box, outline=colour, width=3)
-      draw.text((box[0] + 5, box[1] + 4), f'id {cell_id}', fill='white',
-                font=_font(14), stroke_width=2, stroke_fill='black')
-  return tile
+    if int(cell_id) not in sampled:
+      continue
+    ys, xs = _cell(c, grid)
+    colour = id_colours(cell_id)
+    out[ys, xs] = 0.5 * base[ys, xs] + 0.5 * colour
+    cell = out[ys, xs]  # A view: the outline, 3 px wide, is drawn into out.
+    cell[:3] = cell[-3:] = cell[:, :3] = cell[:, -3:] = colour
+    labels.append((xs.start + 5, ys.start + 4, f'id {cell_id}'))
+  return out.astype(np.uint8), labels
 
 
-def _with_grid(image: np.ndarray, grid: int) -> Image.Image:
-  """`image` (uint8 `[S, S, 3]`) at `TILE` px with the cell grid drawn."""
-  tile = Image.fromarray(image).resize((TILE, TILE), Image.Resampling.NEAREST)
-  draw = ImageDraw.Draw(tile)
+def _with_grid(image: np.ndarray, grid: int) -> np.ndarray:
+  """`image` (uint8 `[S, S, 3]`) at `TILE` px with the cell grid in white."""
+  tile = _upscale(image)
   for k in range(1, grid):
     p = round(k * TILE / grid)
-    draw.line([(p, 0), (p, TILE)], fill='white', width=2)
-    draw.line([(0, p), (TILE, p)], fill='white', width=2)
+    tile[p - 1:p + 1] = tile[:, p - 1:p + 1] = 255
   return tile
 
 
@@ -443,6 +483,7 @@ def draw_views(paths: Paths, settings: Settings) -> None:
   ids and sampled ids from `train.sample_view_masks`, with the default
   config's settings.
   """
+  from detcon import data  # pylint: disable=g-import-not-at-top
   config = detcon_b.get_config()
   n, size = settings.pictured_images, settings.image_size
   config.image_size = size
@@ -468,17 +509,19 @@ def draw_views(paths: Paths, settings: Settings) -> None:
     for v, (crops, augmented, fh, cell_ids, sampled) in enumerate(views):
       crop = _to_uint8(crops[i])
       mask = (0.4 * crop + 0.6 * id_colours(fh[i])).astype(np.uint8)
+      cells, labels = _cells_tile(crop, cell_ids[i],
+                                  set(sampled[i].tolist()), grid)
       row += [
-          (Image.fromarray(crop), f'view {v + 1}: crop + flip'),
+          (crop, f'view {v + 1}: crop + flip'),
           (_with_grid(_to_uint8(augmented[i]), grid),
            f'view {v + 1}: augmented, {grid}x{grid} cells'),
           (_with_grid(mask, grid), f'view {v + 1}: its FH mask'),
-          (_cells_tile(crop, cell_ids[i], set(sampled[i].tolist()), grid),
-           f'view {v + 1}: cells of sampled masks'),
+          (cells, f'view {v + 1}: cells of sampled masks', labels),
       ]
     rows.append(row)
-  compose(rows, f'Two views per image at {size}x{size}, as one training step '
-          'sees them', [
+  plots.image_sheet(
+      paths.views, rows, f'Two views per image at {size}x{size}, as one '
+      'training step sees them', [
               f'Each cell of the encoder\'s {grid}x{grid} output grid '
               '(32x32 pixels) belongs to the FH segment covering most of it. '
               f'{config.detcon.num_samples} ids are drawn per view (with '
@@ -487,7 +530,7 @@ def draw_views(paths: Paths, settings: Settings) -> None:
               'Dimmed cells belong to segments not drawn (rare with few '
               'cells). The same id in both views is the same object: a '
               'positive pair.',
-          ]).save(paths.views)
+          ])
 
 
 def read_scalars(log_dir: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -509,104 +552,6 @@ def read_scalars(log_dir: str) -> dict[str, tuple[list[int], list[float]]]:
           for tag, by_step in values.items()}
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-  """About `count` round tick values (1, 2 or 5 x 10^k apart) in [lo, hi].
-
-  An empty range (hi <= lo) is widened to [lo - 0.5, hi + 0.5].
-  """
-  if hi <= lo:
-    lo, hi = lo - 0.5, hi + 0.5
-  raw = (hi - lo) / count
-  magnitude = 10.0 ** math.floor(math.log10(raw))
-  step = min((m * magnitude for m in (1, 2, 5, 10)),
-             key=lambda s: abs(math.log(s / raw)))
-  first = math.ceil(lo / step - 1e-9)
-  last = math.floor(hi / step + 1e-9)
-  digits = max(0, 1 - math.floor(math.log10(step)))  # Drops float noise.
-  return [round(k * step, digits) for k in range(first, last + 1)]
-
-
-def smooth(values: Sequence[float], weight: float) -> list[float]:
-  """TensorBoard's smoothing: a debiased exponential moving average."""
-  out, average = [], 0.0
-  for k, value in enumerate(values, 1):
-    average = weight * average + (1 - weight) * value
-    out.append(average / (1 - weight**k))
-  return out
-
-
-def plot_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
-                title: str, width: int = 960, height: int = 520,
-                smoothing: float = 0.0,
-                x_label: str = 'training step') -> Image.Image:
-  """A line plot of `{name: (steps, values)}` against the step.
-
-  Args:
-    curves: the steps and values of each curve, in legend order.
-    title: one line above the plot.
-    width, height: image size in pixels.
-    smoothing: with a weight in (0, 1), each curve is drawn faint as it is
-      and bold after `smooth`.
-    x_label: the caption under the x axis.
-
-  Returns:
-    RGB image `[height, width]`: axes with round ticks, one coloured line per
-    curve (with markers when it has few points), a legend.
-  """
-  left, right, top, bottom = 70, 20, 44, 56
-  all_x = [x for xs, _ in curves.values() for x in xs]
-  all_y = [y for _, ys in curves.values() for y in ys]
-  x_lo, x_hi = min(all_x), max(all_x)
-  y_lo, y_hi = min(all_y), max(all_y)
-  margin = 0.05 * (y_hi - y_lo or 1.0)
-  y_lo, y_hi = y_lo - margin, y_hi + margin
-  if x_hi == x_lo:
-    x_lo, x_hi = x_lo - 1, x_hi + 1
-  plot_w, plot_h = width - left - right, height - top - bottom
-
-  def to_px(x, y):
-    return (left + (x - x_lo) / (x_hi - x_lo) * plot_w,
-            top + (y_hi - y) / (y_hi - y_lo) * plot_h)
-
-  image = Image.new('RGB', (width, height), 'white')
-  draw = ImageDraw.Draw(image)
-  font = _font(14)
-  draw.text((left, 12), title, fill='black', font=_font(18))
-  for y in nice_ticks(y_lo, y_hi):
-    _, py = to_px(x_lo, y)
-    draw.line([(left, py), (left + plot_w, py)], fill=(225, 225, 225))
-    draw.text((left - 8, py), f'{y:g}', fill='black', font=font, anchor='rm')
-  for x in nice_ticks(x_lo, x_hi, 8):
-    if x != int(x):
-      continue
-    px, _ = to_px(x, y_lo)
-    draw.line([(px, top), (px, top + plot_h)], fill=(225, 225, 225))
-    draw.text((px, top + plot_h + 6), f'{int(x)}', fill='black', font=font,
-              anchor='mt')
-  draw.rectangle([left, top, left + plot_w, top + plot_h], outline='black')
-  draw.text((left + plot_w / 2, height - 8), x_label, fill='black',
-            font=font, anchor='md')
-  palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-  for k, (name, (xs, ys)) in enumerate(curves.items()):
-    colour = palette[k % len(palette)]
-    points = [to_px(x, y) for x, y in zip(xs, ys, strict=True)]
-    if smoothing and len(points) > 1:
-      faint = tuple(round(255 - 0.35 * (255 - c)) for c in colour)
-      draw.line(points, fill=faint, width=1)
-      points = [to_px(x, y)
-                for x, y in zip(xs, smooth(ys, smoothing), strict=True)]
-    if len(points) > 1:
-      draw.line(points, fill=colour, width=2, joint='curve')
-    if len(points) <= 30:
-      for px, py in points:
-        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-    ly = top + 10 + 20 * k
-    lx = left + plot_w - 170
-    draw.line([(lx, ly), (lx + 24, ly)], fill=colour, width=3)
-    draw.text((lx + 30, ly), name, fill='black', font=font, anchor='lm')
-  return image
-
-
 def draw_loss_curve(paths: Paths) -> None:
   """Plots loss, repr_loss and classif_loss of the pretraining run."""
   scalars = read_scalars(paths.tensorboard)
@@ -615,14 +560,11 @@ def draw_loss_curve(paths: Paths) -> None:
   if missing:
     raise DemoError(f'no {missing} in the TensorBoard events of '
                     f'{paths.tensorboard}')
-  smoothing = 0.9 if len(scalars['loss'][0]) > 30 else 0.0
-  x_label = 'training step'
-  if smoothing:
-    x_label += f' (faint: each step; bold: smoothed, weight {smoothing})'
-  plot_curves({t: scalars[t] for t in tags},
-              'DetCon-B pretraining: loss = repr_loss (DetCon) + classif_loss '
-              '(online classifier)', smoothing=smoothing,
-              x_label=x_label).save(paths.loss_curve)
+  plots.line_plot(
+      paths.loss_curve, {t: scalars[t] for t in tags},
+      'DetCon-B pretraining: loss = repr_loss (DetCon) + classif_loss '
+      '(online classifier)', y_label='loss',
+      smoothing=0.9 if len(scalars['loss'][0]) > 30 else 0.0)
 
 
 @contextlib.contextmanager

@@ -10,10 +10,12 @@ shortcuts that set config fields. `--is_test` runs one step of ResNet-50 at
 hosts join through `jax.distributed` (flags or JAX's environment variables).
 """
 
+import collections
 import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -70,6 +72,18 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes (hosts).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'This process, 0..num_processes-1.')
+_PROGRESS_BAR = flags.DEFINE_enum(
+    'progress_bar', 'auto', ['auto', 'on', 'off'],
+    'A progress bar on stderr (steps, ETA, images/s, latest loss), besides '
+    'the metric lines of the log: auto shows it when stderr is a terminal.')
+# jaxline's flags, which the original's main loop took; accepted so that its
+# scripts run, with no effect.
+_WORKER_FLAGS = (
+    flags.DEFINE_string('worker_mode', 'train', 'Accepted for scripts of the '
+                        'original (jaxline); no effect: this loop trains.'),
+    flags.DEFINE_string('worker_tpu_driver', '', 'Accepted for scripts of the '
+                        'original (jaxline); no effect.'),
+)
 
 MODEL_FIELDS = ('encoder',)
 
@@ -166,8 +180,13 @@ class _Preemption:
     self.requested = True
 
 
-def run(config) -> dict[str, float]:
-  """Pretrains; returns the last logged metrics."""
+def run(config, progress_bar: bool = False) -> dict[str, float]:
+  """Pretrains; returns the last logged metrics.
+
+  Args:
+    config: the experiment config (`detcon/configs/detcon_b.py`).
+    progress_bar: show a `ProgressBar` on stderr (on process 0 only).
+  """
   validate(config)
   local_devices = jax.local_device_count()
   per_device = config.batch_size // jax.device_count()
@@ -213,19 +232,21 @@ def run(config) -> dict[str, float]:
   last_log = last_save = time.time()
   saved_step = step
   log_step, metrics = step, {}
-  progress = _progress_bar(total, step)
+  progress = ProgressBar(total, step, config.batch_size,
+                         progress_bar and jax.process_index() == 0)
   while step < total and not preemption.requested:
     state, device_metrics = step_fn(state, train.shard_batch(next(batches),
                                                              mesh))
     step += 1
-    progress.update(1)
     now = time.time()
-    if now - last_log >= config.log_tensors_interval or step == total:
+    logged = now - last_log >= config.log_tensors_interval or step == total
+    if logged:
       metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
       metrics['step_time_s'] = (now - last_log) / (step - log_step)
       metrics['images_per_s'] = config.batch_size / metrics['step_time_s']
-      _log_metrics(step, metrics, writer, progress)
+      _log_metrics(step, metrics, writer)
       last_log, log_step = now, step
+    progress.update(step, device_metrics, metrics if logged else None)
     if manager and (now - last_save >= config.save_checkpoint_interval):
       checkpoint.save(manager, state, config)
       last_save, saved_step = now, step
@@ -244,10 +265,94 @@ def run(config) -> dict[str, float]:
   return metrics
 
 
-def _progress_bar(total: int, initial: int):
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
-              disable=not sys.stderr.isatty() or jax.process_index() != 0)
+class ProgressBar:
+  """A tqdm bar on stderr: steps done / total, ETA, images/s, latest loss.
+
+  The loop dispatches steps ahead of the device, so a step counts as done
+  once its metrics are computed: a thread looks twice a second, without
+  waiting for them. The loss and images/s are refreshed at most about once a
+  second, from such metrics or from those the loop read for the log. While
+  the bar is shown, each absl log record clears it first, so that log lines
+  start on a line of their own.
+  """
+
+  def __init__(self, total: int, initial: int, batch_size: int, show: bool):
+    """A bar from step `initial` to `total`; hidden (no-op) unless `show`."""
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    self._bar = tqdm(total=total, initial=initial, unit='step', miniters=1,
+                     dynamic_ncols=sys.stderr.isatty(), disable=not show)
+    self._batch_size = batch_size
+    self._lock = threading.Lock()  # For the two below, across threads.
+    self._running = collections.deque()  # (step, device metrics), in order.
+    # The step whose metrics are on the bar and when they were read.
+    self._shown = (initial, time.time())
+    self._stop = threading.Event()
+    self._watcher = threading.Thread(target=self._watch, daemon=True)
+    if show:
+      logging.get_absl_handler().addFilter(self._clear_bar)
+      self._watcher.start()
+
+  def _clear_bar(self, record) -> bool:
+    """An absl log filter that lets every record through a cleared line."""
+    del record
+    self._bar.clear()
+    return True
+
+  def update(self, step: int, device_metrics: dict[str, jax.Array],
+             metrics: dict[str, float] | None) -> None:
+    """Notes that the loop dispatched `step`.
+
+    Args:
+      step: the step just dispatched.
+      device_metrics: its metrics, possibly not computed yet.
+      metrics: the same on the host when the loop read them (for the log; the
+        step is then done), else None.
+    """
+    if self._bar.disable:
+      return
+    with self._lock:
+      if metrics is None:
+        self._running.append((step, device_metrics))
+      else:
+        self._running.clear()
+        self._advance(step, metrics)
+
+  def _watch(self) -> None:
+    """Moves the bar to the newest step whose metrics are computed."""
+    while not self._stop.wait(0.5):
+      with self._lock:
+        done = None
+        while self._running and self._running[0][1]['loss'].is_ready():
+          done, metrics = self._running.popleft()
+        if done is not None:
+          self._advance(done, metrics)
+
+  def _advance(self, done: int, metrics) -> None:
+    """Moves the bar to step `done`, whose `metrics` are computed."""
+    now = time.time()
+    if now - self._shown[1] >= 1.0 or done == self._bar.total:
+      self._show(done, float(metrics['loss']), now)
+    self._bar.update(done - self._bar.n)
+
+  def _show(self, step: int, loss: float, now: float) -> None:
+    """Puts the loss of `step` and images/s since the last shown step.
+
+    The first images/s counts from the start, compilation included (as the
+    log's first `images_per_s`).
+    """
+    last_step, last_time = self._shown
+    rate = (step - last_step) * self._batch_size / (now - last_time)
+    self._bar.set_postfix_str(f'loss={loss:.4f}, {rate:.3g} images/s',
+                              refresh=False)
+    self._shown = (step, now)
+
+  def close(self) -> None:
+    """Leaves the bar's final state on its own line."""
+    if self._watcher.is_alive():
+      self._stop.set()
+      self._watcher.join()
+    logging.get_absl_handler().removeFilter(self._clear_bar)
+    self._bar.close()
 
 
 def _summary_writer(config):
@@ -257,14 +362,21 @@ def _summary_writer(config):
   return SummaryWriter(os.path.join(config.checkpoint_dir, 'tensorboard'))
 
 
-def _log_metrics(step, metrics, writer, progress):
+def _log_metrics(step, metrics, writer):
   text = ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items()))
   logging.info('step %d: %s', step, text)
-  progress.set_postfix(loss=f'{metrics["loss"]:.4f}')
   if writer:
     for k, v in metrics.items():
       writer.add_scalar(k, v, step)
     writer.flush()
+
+
+def _note_worker_flags() -> None:
+  """Logs that the original's jaxline flags, when given, have no effect."""
+  given = [f'--{f.name}={f.value}' for f in _WORKER_FLAGS if f.present]
+  if given:
+    logging.warning('%s: flags of the original (jaxline), accepted for its '
+                    'scripts; they have no effect here.', ' '.join(given))
 
 
 def main(argv):
@@ -272,8 +384,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   maybe_initialize_distributed()
   config = config_from_flags()
+  _note_worker_flags()
+  mode = _PROGRESS_BAR.value
   try:
-    metrics = run(config)
+    metrics = run(config, mode == 'on' or
+                  (mode == 'auto' and sys.stderr.isatty()))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'detcon.main_loop: error: {e}')
   # The last logged scalars, one JSON line (the smoke test's output).

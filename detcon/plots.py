@@ -16,9 +16,14 @@ import matplotlib
 import numpy as np
 
 matplotlib.use('Agg')
-from matplotlib.figure import Figure  # noqa: E402  (after choosing Agg)
+from matplotlib import patheffects  # noqa: E402  (after choosing Agg)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-Tile = tuple[np.ndarray, str]  # (uint8 [H, W, 3] or [H, W] image, caption)
+Label = tuple[float, float, str]  # (x, y) in the image's pixels, text.
+# (uint8 [H, W, 3] or [H, W] image, caption), optionally with labels written
+# on the image: white text, outlined in black, its top left at (x, y).
+Tile = tuple[np.ndarray, str] | tuple[np.ndarray, str, Sequence[Label]]
 
 
 def image_sheet(path: str, rows: Sequence[Sequence[Tile]], title: str,
@@ -28,8 +33,8 @@ def image_sheet(path: str, rows: Sequence[Sequence[Tile]], title: str,
 
   Args:
     path: the PNG to write.
-    rows: rows of (image, caption); rows may differ in length. Images keep
-      their aspect ratio inside square tiles and are shown pixel for pixel
+    rows: rows of `Tile`s; rows may differ in length. Images keep their
+      aspect ratio inside square tiles and are shown pixel for pixel
       (nearest-neighbour), so label maps stay crisp.
     title: one line above the grid.
     notes: lines of explanation below the grid.
@@ -46,11 +51,15 @@ def image_sheet(path: str, rows: Sequence[Sequence[Tile]], title: str,
                           bottom=(notes_h + 0.05) / fig.get_figheight(),
                           wspace=0.05, hspace=0.25)
   for r, row in enumerate(rows):
-    for c, (image, caption) in enumerate(row):
+    for c, (image, caption, *labels) in enumerate(row):
       ax = fig.add_subplot(grid[r, c])
       gray = np.ndim(image) == 2
       ax.imshow(image, interpolation='nearest', cmap='gray' if gray else None,
                 vmin=0 if gray else None, vmax=255 if gray else None)
+      for x, y, text in labels[0] if labels else ():
+        ax.text(x, y, text, color='white', fontsize=8, ha='left', va='top',
+                path_effects=[patheffects.withStroke(linewidth=2,
+                                                     foreground='black')])
       ax.set_title(caption, fontsize=8)
       ax.set_axis_off()
   fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig.get_figheight())
@@ -83,6 +92,8 @@ def line_plot(path: str,
     smoothing: with a weight in (0, 1), each curve is drawn faint as it is
       and bold after `smooth`; 0 draws it as it is (with markers when it has
       30 points or fewer).
+
+  When every x is a whole number (steps), so are the x ticks.
   """
   fig = Figure(figsize=(9.6, 5.2), dpi=100)
   ax = fig.add_subplot()
@@ -98,6 +109,8 @@ def line_plot(path: str,
   if smoothing:
     x_label += f' (faint: each value; bold: smoothed, weight {smoothing})'
   ax.set(title=title, xlabel=x_label, ylabel=y_label)
+  if all(float(x).is_integer() for xs, _ in curves.values() for x in xs):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()

@@ -1,13 +1,16 @@
 """The built-in demo, end to end (`python -m detcon.demo --quick`)."""
 
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tqdm
 from PIL import Image
 
 from detcon import checkpoint, demo, export
@@ -100,10 +103,91 @@ def test_console_shows_commands_and_their_messages_not_library_logs(quick):
   for command in ('generate_fh_masks_for_imagenet.py', 'detcon.main_loop',
                   'detcon.linear_eval', 'detcon.export'):
     assert f' {command}' in result.stdout, command
-  assert 'main_loop.py' in result.stdout  # Its step lines.
+  assert 'main_loop.py' in result.stdout  # Its messages.
   assert 'checkpoint_manager.py' not in result.stdout  # Orbax's INFO lines.
   with open(os.path.join(out, 'logs', 'main_loop.log')) as f:
     assert 'checkpoint_manager.py' in f.read()
+
+
+def test_console_shows_final_progress_bars_not_step_lines(quick):
+  out, result = quick
+  steps = demo.QUICK.pretrain_steps
+  images = demo.QUICK.num_classes * (demo.QUICK.train_images_per_class
+                                     + demo.QUICK.validation_images_per_class)
+  assert '\r' not in result.stdout  # Off a terminal: final states only.
+  lines = result.stdout.splitlines()
+  pretrain = [x for x in lines if f'| {steps}/{steps} [' in x]
+  assert len(pretrain) == 1 and pretrain[0].startswith('  | 100%')
+  assert re.search(r'loss=\d+\.\d+, [\d.]+ images/s', pretrain[0])
+  assert sum(f'| {images}/{images} [' in x for x in lines) == 1  # Masks.
+  assert '] step ' not in result.stdout
+  with open(os.path.join(out, 'logs', 'main_loop.log')) as f:
+    log = f.read()
+  assert '\r' not in log
+  for step in range(1, steps + 1):
+    assert re.search(rf'main_loop\.py:\d+\] step {step}: .*loss=', log)
+  assert pretrain[0][len('  | '):] in log.splitlines()
+
+
+def main_loop_output() -> bytes:
+  """What `detcon.main_loop --progress_bar=on` writes over 3 steps.
+
+  A real tqdm bar, cleared before each log line as the main loop does.
+  """
+  out = io.StringIO()
+  prefix = 'I1123 10:00:00.000000 1401 main_loop.py:{}] '
+  out.write(prefix.format(201) + 'Pretraining ResNet18 for 3 steps.\n')
+  bar = tqdm.tqdm(total=3, file=out, unit='step', mininterval=0, miniters=1)
+  for step in range(1, 4):
+    bar.clear()
+    out.write(prefix.format(343) + f'step {step}: loss={1 / step:.4f}\n')
+    bar.set_postfix_str(f'loss={1 / step:.4f}', refresh=False)
+    bar.update(1)
+  bar.close()
+  out.write('{"loss": 0.3333}\n')
+  return out.getvalue().encode()
+
+
+def screen(text):
+  """The lines a terminal shows after `text`: '\r' returns to column 0."""
+  lines, column = [''], 0
+  for char in text:
+    if char == '\n':
+      lines.append('')
+      column = 0
+    elif char == '\r':
+      column = 0
+    else:
+      line = lines[-1]
+      lines[-1] = line[:column] + char + line[column + 1:]
+      column += 1
+  return [line.rstrip() for line in lines]
+
+
+@pytest.mark.parametrize('live', [False, True])
+@pytest.mark.parametrize('chunk', [7, 1 << 16])
+def test_relay_shows_lines_and_one_bar_logs_every_line(live, chunk):
+  output = main_loop_output()
+  log, console = io.StringIO(), io.StringIO()
+  demo.relay([output[i:i + chunk] for i in range(0, len(output), chunk)],
+             log, console, live)
+  final_bar = '100%|##########| 3/3'
+  shown = screen(console.getvalue())
+  assert len(shown) == 4 and shown[-1] == ''
+  assert shown[0].startswith('  | I1123') and 'Pretraining' in shown[0]
+  assert shown[1].startswith(f'  | {final_bar}') and 'loss=0.3333' in shown[1]
+  assert shown[2] == '  | {"loss": 0.3333}'
+  if live and chunk == 7:  # States drawn in place as they came.
+    assert '\r  | ' in console.getvalue()
+    assert '| 2/3 [' in console.getvalue()
+  if not live:
+    assert '\r' not in console.getvalue()
+  logged = log.getvalue().splitlines()
+  assert '\r' not in log.getvalue()
+  assert [x for x in logged if '] step ' in x] == [
+      f'I1123 10:00:00.000000 1401 main_loop.py:343] step {s}: '
+      f'loss={1 / s:.4f}' for s in (1, 2, 3)]
+  assert logged[-2].startswith(final_bar) and len(logged) == 6
 
 
 def test_other_mode_in_same_folder_is_refused(quick):
@@ -126,40 +210,3 @@ def test_help_documents_every_flag():
   result = python('-m', 'detcon.demo', '--help')  # absl exits with 1.
   assert '--output_dir' in result.stdout
   assert '--[no]quick' in result.stdout
-
-
-@pytest.mark.parametrize('lo,hi', [(0.13, 2.9), (0, 120), (3, 3),
-                                   (-1e-3, 2e-3)])
-def test_nice_ticks_are_round_and_inside(lo, hi):
-  ticks = demo.nice_ticks(lo, hi, count=5)
-  assert 3 <= len(ticks) <= 11
-  steps = np.diff(ticks)
-  np.testing.assert_allclose(steps, steps[0])
-  mantissa = steps[0] / 10 ** math.floor(math.log10(steps[0]))
-  assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-9
-  if hi == lo:  # Widened by 0.5 on each side.
-    lo, hi = lo - 0.5, hi + 0.5
-  assert lo - 1e-12 <= ticks[0] and ticks[-1] <= hi + 1e-12
-
-
-def _pixels_of(image, colour):
-  return (np.asarray(image).reshape(-1, 3) == colour).all(-1).sum()
-
-
-def test_plot_curves_draws_each_curve_in_its_colour():
-  blue, orange = (31, 119, 180), (255, 127, 14)
-  image = demo.plot_curves({'a': ([1, 2, 3], [3.0, 2.0, 1.0]),
-                            'b': ([1], [1.5])}, 'title', 400, 300)
-  assert image.size == (400, 300)
-  assert _pixels_of(image, blue) > 20 and _pixels_of(image, orange) > 20
-  # Smoothed: the raw curve faint, the smoothed one in the curve's colour.
-  steps = list(range(100))
-  noisy = [1.0 + (-1) ** s for s in steps]
-  image = demo.plot_curves({'a': (steps, noisy)}, 'title', smoothing=0.9)
-  faint = tuple(round(255 - 0.35 * (255 - c)) for c in blue)
-  assert _pixels_of(image, faint) > 100 and _pixels_of(image, blue) > 100
-
-
-def test_smooth_is_a_debiased_moving_average():
-  assert demo.smooth([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0] * 3)
-  assert demo.smooth([0.0, 1.0], 0.5) == pytest.approx([0.0, 2 / 3])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,6 +89,7 @@ def test_pretrain_on_original_raw_layout(records):
   result = main_loop(f'--dataset_directory={records["raw"]}', '--max_steps=1')
   metrics = last_json(result)
   assert np.isfinite(metrics['loss']) and metrics['repr_loss'] > 0
+  assert '| 1/1 [' not in result.stderr  # No bar on a pipe by default.
 
 
 def test_sigterm_saves_a_checkpoint(records, tmp_path):
@@ -113,7 +115,24 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+@pytest.fixture(scope='module')
+def mock_step():
+  """One step on mock data, with the bar and the original's worker flags.
+
+  Returns the finished process, its output decoded with its '\\r' kept.
+  """
+  result = subprocess.run(
+      [sys.executable, '-m', 'detcon.main_loop', *TINY,
+       '--config.mock_data=True', '--max_steps=1', '--progress_bar=on',
+       '--worker_mode=train', '--worker_tpu_driver=local'],
+      cwd=REPO, capture_output=True, timeout=900)
+  result.stdout, result.stderr = (result.stdout.decode(),
+                                  result.stderr.decode())
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_two_processes_equal_one_process(tmp_path, mock_step):
   """Two CPU processes on loopback vs one, same global (mock) batch."""
   args = ('-m', 'detcon.main_loop', *TINY, '--config.mock_data=True',
           '--max_steps=1')
@@ -128,8 +147,7 @@ def test_two_processes_equal_one_process(tmp_path):
   for p, (_, err) in zip(procs, outputs, strict=True):
     assert p.returncode == 0, err[-3000:]
   assert 'over 2 devices in 2 processes' in outputs[0][1]
-  single = main_loop('--config.mock_data=True', '--max_steps=1')
-  want = last_json(single)
+  want = last_json(mock_step)  # The bar and worker flags change nothing.
   for out, _ in outputs:
     got = json.loads(out.strip().splitlines()[-1])
     for key in ('loss', 'repr_loss', 'classif_loss'):
@@ -153,3 +171,29 @@ def test_bad_shard_names(tmp_path):
   assert result.returncode != 0
   assert 'train-3-of-7' in result.stderr and 'Traceback' not in result.stderr
 
+
+def test_help_documents_the_bar_and_the_original_worker_flags():
+  result = python('-m', 'detcon.main_loop', '--help')  # absl exits with 1.
+  for flag in ('--progress_bar: <auto|on|off>', '--worker_mode',
+               '--worker_tpu_driver'):
+    assert flag in result.stdout, flag
+
+
+def test_progress_bar_and_the_original_worker_flags(mock_step):
+  err = mock_step.stderr
+  assert ('--worker_mode=train --worker_tpu_driver=local: flags of the '
+          'original (jaxline)') in err and 'no effect here' in err
+  states = err.replace('\r', '\n').splitlines()
+  final = [s for s in states if '| 1/1 [' in s]
+  assert final[-1].startswith('100%|')
+  assert re.search(r'(step/s|s/step), loss=\d+\.\d{4}, [\d.]+ images/s\]',
+                   final[-1])
+  assert last_json(mock_step)['loss'] == pytest.approx(
+      float(re.search(r'loss=([\d.]+)', final[-1]).group(1)), abs=1e-4)
+  # The metric line stays, on a line of its own: the bar's state is
+  # overwritten with spaces and the line starts after a '\r'.
+  (line,) = [x for x in err.split('\n') if '] step ' in x]
+  *_, state, blank, text = line.split('\r')
+  assert '| 0/1 [' in state
+  assert not blank.strip() and len(blank) >= len(state.rstrip())
+  assert text.startswith('I') and 'main_loop.py:' in text
