@@ -670,10 +670,10 @@ def load_backbone(*, checkpoint_dir: str | None = None,
                     f'(step {restored["step"]})')
   if npy:
     from detcon import export  # pylint: disable=g-import-not-at-top
-    encoder = encoder or 'ResNet50'
-    params, state = export.import_npy(npy, encoder, width_multiplier)
-    return Backbone(encoder, width_multiplier, params, state,
-                    f'{encoder} from {npy}')
+    pretrained = export.load_pretrained(npy, encoder)
+    return Backbone(pretrained.encoder, pretrained.width_multiplier,
+                    pretrained.params, pretrained.state,
+                    f'{pretrained.encoder} from {npy}')
   if init != 'random':
     raise ValueError(f'--init={init}: the only initialisation is random')
   encoder = encoder or 'ResNet50'
@@ -702,10 +702,11 @@ def _define_flags() -> None:
                       'detcon.export --format=npy, or a released file).')
   flags.DEFINE_enum('init', None, ['random'], 'Backbone: random weights (the '
                     'baseline row).')
-  flags.DEFINE_string('encoder', None, 'Encoder of --npy / --init (default '
-                      'ResNet50); checked against --checkpoint_dir.')
-  flags.DEFINE_integer('width_multiplier', 1, 'Width multiplier of --npy / '
-                       '--init.', lower_bound=1)
+  flags.DEFINE_string('encoder', None, 'Encoder of --init (default '
+                      'ResNet50); checked against --checkpoint_dir and --npy '
+                      '(whose encoder is otherwise read from the shapes).')
+  flags.DEFINE_integer('width_multiplier', 1, 'Width multiplier of --init.',
+                       lower_bound=1)
   flags.DEFINE_list('protocols', list(PROTOCOLS), 'Comma-separated: linear '
                     '(BatchNorm + 1x1 conv probe), nn (nearest-neighbour '
                     'retrieval).')

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detcon import dense_eval, voc
+from detcon import dense_eval, export, voc
+from tests import test_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -307,6 +308,27 @@ def test_backbone_sources_are_exclusive_and_encoder_checked(tmp_path):
     dense_eval.load_backbone(npy='x.npy', init='random')
   with pytest.raises(ValueError, match='unknown encoder'):
     dense_eval.load_backbone(init='random', encoder='ResNet7')
+
+
+def test_npy_backbone_infers_its_encoder_and_refuses_another(
+    random_resnet18, tmp_path):
+  path = str(tmp_path / 'r18.npy')
+  export.save_npy(path, random_resnet18.params, random_resnet18.state)
+  backbone = dense_eval.load_backbone(npy=path)
+  assert backbone.encoder == 'ResNet18'
+  np.testing.assert_array_equal(
+      backbone.params['encoder/initial_conv']['w'],
+      random_resnet18.params['encoder/initial_conv']['w'])
+  with pytest.raises(ValueError, match='does not match|missing'):
+    dense_eval.load_backbone(npy=path, encoder='ResNet50')
+
+
+def test_checkpoint_whose_encoder_differs_from_encoder_flag(tmp_path_factory):
+  out, _ = test_demo.quick_demo_run(tmp_path_factory)
+  ckpt = os.path.join(out, 'checkpoints')
+  assert dense_eval.load_backbone(checkpoint_dir=ckpt).encoder == 'ResNet18'
+  with pytest.raises(ValueError, match='holds a ResNet18'):
+    dense_eval.load_backbone(checkpoint_dir=ckpt, encoder='ResNet50')
 
 
 def test_cli_help_documents_every_flag():
