@@ -19,8 +19,13 @@ rerun by hand on real data:
      checkpoints and TensorBoard events in `checkpoints/`;
   5. linear evaluation: `python -m detcon.linear_eval`, result in
      `checkpoints/linear_eval.json`;
-  6. export: `python -m detcon.export` to NumPy and torchvision (`exports/`);
-  7. the loss curves from the TensorBoard events (`loss_curve.png`).
+  6. dense evaluation, what DetCon is for: `python -m detcon.scenes` writes
+     multi-object scenes in the PASCAL VOC layout (`scenes/`), and
+     `python -m detcon.dense_eval` scores the frozen encoder on them (linear
+     probe and nearest-neighbour mIoU, `checkpoints/dense_eval.json`, the
+     picture `checkpoints/dense_eval.png`), beside random weights (full mode);
+  7. export: `python -m detcon.export` to NumPy and torchvision (`exports/`);
+  8. the loss curves from the TensorBoard events (`loss_curve.png`).
 
 It ends with a list of where everything is. The console shows each command's
 own messages and its progress bar (redrawn in place on a terminal, else its
@@ -77,7 +82,7 @@ _LOG_LINE = re.compile(
     r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\]]+):\d+\] (.*)')
 # The sources whose log lines are shown; other libraries' go to logs/ only.
 _SHOWN_SOURCES = ('generate_fh_masks_for_imagenet.py', 'main_loop.py',
-                  'linear_eval.py', 'export.py')
+                  'linear_eval.py', 'dense_eval.py', 'export.py')
 # The main loop's metrics of each step go to logs/ only; on the console, its
 # progress bar shows the latest loss.
 _STEP_LINE = re.compile(r'step \d+: ')
@@ -104,18 +109,28 @@ class Settings:
   linear_eval_steps: int
   linear_eval_batch_size: int
   pictured_images: int  # Rows of the pictures.
+  # Dense evaluation on generated scenes (detcon.scenes, detcon.dense_eval).
+  scene_train_images: int
+  scene_val_images: int
+  scene_size: int  # Scene side = dense evaluation image side, pixels.
+  dense_linear_steps: int
+  dense_random_baseline: bool  # Also evaluate random weights.
 
 
 QUICK = Settings(
     num_classes=3, train_images_per_class=4, validation_images_per_class=2,
     min_side=64, max_side=128, fh_scale=100, fh_min_size=50, image_size=64,
     batch_size=4, pretrain_steps=3, base_learning_rate=32.0, head_size=64,
-    linear_eval_steps=4, linear_eval_batch_size=8, pictured_images=3)
+    linear_eval_steps=4, linear_eval_batch_size=8, pictured_images=3,
+    scene_train_images=8, scene_val_images=4, scene_size=64,
+    dense_linear_steps=10, dense_random_baseline=False)
 FULL = Settings(
     num_classes=4, train_images_per_class=16, validation_images_per_class=6,
     min_side=96, max_side=192, fh_scale=200, fh_min_size=150, image_size=96,
     batch_size=8, pretrain_steps=150, base_learning_rate=32.0, head_size=256,
-    linear_eval_steps=100, linear_eval_batch_size=16, pictured_images=4)
+    linear_eval_steps=100, linear_eval_batch_size=16, pictured_images=4,
+    scene_train_images=160, scene_val_images=40, scene_size=128,
+    dense_linear_steps=300, dense_random_baseline=True)
 
 
 class DemoError(Exception):
@@ -133,6 +148,12 @@ _LAYOUT = {
     'checkpoints': ('checkpoints', 'pretraining checkpoints'),
     'tensorboard': ('checkpoints/tensorboard', 'TensorBoard events'),
     'linear_eval': ('checkpoints/linear_eval.json', 'linear evaluation'),
+    'scenes': ('scenes/voc', 'generated scenes, VOC layout'),
+    'dense_eval': ('checkpoints/dense_eval.json', 'dense evaluation'),
+    'dense_picture': ('checkpoints/dense_eval.png',
+                      'picture: dense predictions'),
+    'dense_random': ('dense_eval_random.json',
+                     'dense evaluation, random weights'),
     'export_npy': (f'exports/{ENCODER.lower()}_detcon_b.npy',
                    'backbone, NumPy dict'),
     'export_torchvision': (f'exports/{ENCODER.lower()}_detcon_b.pth',
@@ -333,6 +354,36 @@ def linear_evaluation(paths: Paths, settings: Settings) -> dict:
       '--learning_rate=0.01'], paths)
   with open(paths.linear_eval) as f:
     return json.load(f)
+
+
+def dense_evaluation(paths: Paths, settings: Settings) -> dict[str, dict]:
+  """Scenes, then dense evaluation of the checkpoint (and random weights).
+
+  Returns:
+    {'pretrained': result, 'random': result (when in the settings)}.
+  """
+  run_command('scenes', [
+      '-m', 'detcon.scenes', f'--output_dir={os.path.dirname(paths.scenes)}',
+      f'--num_train={settings.scene_train_images}',
+      f'--num_val={settings.scene_val_images}',
+      f'--image_size={settings.scene_size}', f'--seed={SEED}'], paths)
+  common = [f'--dataset_directory={paths.scenes}', '--num_classes=6',
+            f'--image_size={settings.scene_size}',
+            f'--linear_steps={settings.dense_linear_steps}', '--batch_size=8']
+  run_command('dense_eval', ['-m', 'detcon.dense_eval',
+                             f'--checkpoint_dir={paths.checkpoints}',
+                             *common], paths)
+  runs = {'pretrained': paths.dense_eval}
+  if settings.dense_random_baseline:
+    run_command('dense_eval_random', [
+        '-m', 'detcon.dense_eval', '--init=random', f'--encoder={ENCODER}',
+        f'--output={paths.dense_random}', '--picture=', *common], paths)
+    runs['random'] = paths.dense_random
+  results = {}
+  for name, path in runs.items():
+    with open(path) as f:
+      results[name] = json.load(f)
+  return results
 
 
 def export_backbone(paths: Paths) -> dict[str, str]:
@@ -569,8 +620,8 @@ def draw_loss_curve(paths: Paths) -> None:
 
 @contextlib.contextmanager
 def _phase(number: int, title: str):
-  """Announces phase `number` of 7 and, when it ends, its duration."""
-  print(f'\n=== [{number}/7] {title} ===', flush=True)
+  """Announces phase `number` of 8 and, when it ends, its duration."""
+  print(f'\n=== [{number}/8] {title} ===', flush=True)
   start = time.time()
   yield
   print(f'({time.time() - start:.0f} s)', flush=True)
@@ -594,21 +645,30 @@ def run(output_dir: str, settings: Settings) -> None:
     pretrain(paths, settings)
   with _phase(5, 'Linear evaluation of the frozen encoder'):
     result = linear_evaluation(paths, settings)
-  with _phase(6, 'Export of the backbone'):
+  with _phase(6, 'Dense evaluation on generated multi-object scenes'):
+    dense = dense_evaluation(paths, settings)
+    if not settings.dense_random_baseline:
+      outputs.pop('dense_random')
+  with _phase(7, 'Export of the backbone'):
     outputs.update(export_backbone(paths))
-  with _phase(7, 'Loss curves from the TensorBoard events'):
+  with _phase(8, 'Loss curves from the TensorBoard events'):
     draw_loss_curve(paths)
     print(f'Wrote {paths.loss_curve}')
 
   minutes = (time.time() - start) / 60
   print(f'\nDetCon-B demo done in {minutes:.1f} minutes. Outputs:')
-  for name, (_, what) in _LAYOUT.items():
+  for name, what in ((n, w) for n, (_, w) in _LAYOUT.items()
+                     if n in outputs):
     print(f'  {what + ":":44s} {outputs[name]}')
   print(f'Linear evaluation: top-1 {result["top1"]:.3f}, top-5 '
         f'{result["top5"]:.3f} on {result["num_examples"]} '
         f'{result["eval_split"]} images after {result["pretrain_step"]} '
         'pretraining steps (tiny data: a check that the pipeline works, '
         'not a benchmark).')
+  for name, r in dense.items():
+    print(f'Dense evaluation ({name} weights) on {r["num_eval_images"]} '
+          f'generated scenes: linear probe mIoU {r["linear"]["miou"]:.3f}, '
+          f'nearest neighbours mIoU {r["nn"]["miou"]:.3f}.')
   print(f'See the curves live: tensorboard --logdir {paths.tensorboard}',
         flush=True)
 

@@ -54,7 +54,11 @@ def summary(stdout):
 def test_summary_names_every_output_and_it_exists(quick):
   out, result = quick
   listed = summary(result.stdout)
-  for rel, what in demo._LAYOUT.values():
+  assert not demo.QUICK.dense_random_baseline
+  for name, (rel, what) in demo._LAYOUT.items():
+    if name == 'dense_random':  # Full mode only.
+      assert what not in listed
+      continue
     assert listed[what] == os.path.join(out, rel), what
     assert os.path.exists(listed[what]), what
   assert 'Linear evaluation: top-1' in result.stdout
@@ -64,7 +68,7 @@ def test_summary_names_every_output_and_it_exists(quick):
 def test_pictures_are_valid_pngs(quick):
   _, result = quick
   pngs = [p for p in summary(result.stdout).values() if p.endswith('.png')]
-  assert len(pngs) == 3
+  assert len(pngs) == 4
   for path in pngs:
     with Image.open(path) as image:
       assert image.format == 'PNG'
@@ -96,6 +100,21 @@ def test_checkpoint_linear_eval_and_exports(quick):
   assert state.keys() == want_state.keys()
   torchvision = os.path.join(out, 'exports', 'resnet18_detcon_b.pth')
   assert os.path.getsize(torchvision) > 1_000_000
+
+
+def test_dense_evaluation_on_generated_scenes(quick):
+  out, result = quick
+  with open(os.path.join(out, 'checkpoints', 'dense_eval.json')) as f:
+    dense = json.load(f)
+  assert dense['num_eval_images'] == demo.QUICK.scene_val_images
+  for protocol in ('linear', 'nn'):
+    assert 0 <= dense[protocol]['miou'] <= 1
+    assert len(dense[protocol]['per_class_iou']) == 6
+    assert f'{protocol:6s} mIoU {dense[protocol]["miou"]:.4f}' in result.stdout
+  assert (f'linear probe mIoU {dense["linear"]["miou"]:.3f}'
+          in result.stdout)
+  assert ' detcon.scenes' in result.stdout
+  assert ' detcon.dense_eval' in result.stdout
 
 
 def test_console_shows_commands_and_their_messages_not_library_logs(quick):
