@@ -43,6 +43,7 @@ from detcon import augment, losses, masks, networks, optim
 AXIS = 'data'
 TARGET_MODULES = ('encoder', 'projector')  # The target has no predictor.
 OBJECTIVES = ('detcon_b', 'byol', 'detcon_s', 'simclr')
+BYOL_FRAMEWORK = ('detcon_b', 'byol')  # Predictor and EMA target network.
 IMAGE_LEVEL_OBJECTIVES = ('byol', 'simclr')  # One global mask per image.
 TARGET_INITS = ('independent', 'copy')
 
@@ -61,7 +62,7 @@ class TrainState(NamedTuple):
 
 def has_target(config: ml_collections.ConfigDict) -> bool:
   """Whether the objective uses BYOL's predictor and EMA target network."""
-  return config.objective in ('detcon_b', 'byol')
+  return config.objective in BYOL_FRAMEWORK
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
