@@ -3,9 +3,11 @@
 Reads the TFRecords of `generate_fh_masks_for_imagenet.py` (format in
 `detcon.records`) and yields NumPy-able dicts:
 
-* `make_pretrain_dataset`: two augmented views of every image with their FH
+* `make_pretrain_dataset`: two augmented views of every image with their
   masks cropped, flipped and resized alongside, batched to
-  `[local_devices, per_device_batch, ...]`; infinite.
+  `[local_devices, per_device_batch, ...]`; infinite. The masks are the
+  records' own (FH, SLIC or ground truth, whichever method made them) or the
+  spatial heuristic's grid (`grid_masks`), drawn over the original image.
 * `make_eval_dataset`: one view per image, either a random crop and flip
   (linear-probe training; infinite) or the centre crop (evaluation; one pass).
 
@@ -26,6 +28,7 @@ import struct
 import jax
 import tensorflow as tf
 
+from detcon import masks as masks_lib
 from detcon import records
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -41,8 +44,8 @@ ERR_MASK_SIZE = ('FH mask size differs from its image (image/height x '
                  f'layout; {FIX}')
 ERR_IMAGE_SIZE = ('image/height, image/width differ from the size of the '
                   f'encoded image; {FIX}')
-ERR_LABEL = ('image/class/label must be 1-based (>= 1; 0 is reserved for '
-             f'background); {FIX}')
+ERR_LABEL = ('image/class/label must be >= 0 (1-based classes; 0 = an image '
+             f'without a class); {FIX}')
 ERR_MASK_INDEX = ('fh_mask_to_use is not below the number of masks in the '
                   'record; use a smaller index, or regenerate the records '
                   'with more --fh_scales/--fh_min_sizes')
@@ -156,26 +159,89 @@ def _count_local_records(path):
   return count
 
 
-def check_dataset(paths: list[str], fh_mask_to_use: int | None = None):
+def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
+                  masks: str = 'fh') -> dict:
   """Checks the first record of `paths` eagerly, to fail before training.
 
+  Args:
+    paths: TFRecord files; the first record of the first non-empty one is
+      read.
+    fh_mask_to_use: the mask channel that will be used (checked to exist).
+    masks: one of `masks.SOURCES`. For the records' masks ('fh', 'slic',
+      'ground_truth'), the masks are decoded and checked, and a record that
+      names its masks' method (`records.MASK_SOURCE_KEY`) must name this one;
+      a record without that feature (the original release's, older ones) is
+      accepted (`mask_source` None). 'grid' needs no masks: none are read.
+
+  Returns:
+    `{'path': the file read, 'label': its first record's 0-based label (-1:
+    no class), 'mask_source': the method it names, or None}`.
+
   Raises:
-    ValueError: no records, an unreadable file, or a bad first record (no
-      masks, masks of another size than the image, wrong label...), with a
-      message that says how to fix it.
+    ValueError: no records, an unreadable file, a bad first record (no
+      masks, masks of another size than the image, wrong label...), or masks
+      made by another method than `masks`, with a message that says how to
+      fix it.
   """
   hide_gpus_from_tf()
+  _check_masks_setting(masks)
+  serialized = path = None
   for path in paths:
     try:
-      for serialized in tf.data.TFRecordDataset(path).take(1):
-        _parse(serialized, decode_masks=True, fh_mask_to_use=fh_mask_to_use)
-        return
-    except tf.errors.InvalidArgumentError as e:
-      raise ValueError(f'{path}: first record: {e.message}') from e
+      serialized = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
     except tf.errors.DataLossError as e:
       raise ValueError(f'{path} is not a TFRecord file or is corrupt: '
                        f'{e.message}') from e
-  raise ValueError(f'no records in {_listing(list(paths))}; {FIX}')
+    if serialized is not None:
+      break
+  if serialized is None:
+    raise ValueError(f'no records in {_listing(list(paths))}; {FIX}')
+  try:
+    parsed = _parse(serialized, decode_masks=masks != 'grid',
+                    fh_mask_to_use=fh_mask_to_use)
+  except tf.errors.InvalidArgumentError as e:
+    raise ValueError(f'{path}: first record: {e.message}') from e
+  source = tf.io.parse_single_example(serialized, {
+      records.MASK_SOURCE_KEY: tf.io.FixedLenFeature([], tf.string, '')
+  })[records.MASK_SOURCE_KEY].numpy().decode()
+  if masks != 'grid' and source and source != masks:
+    raise ValueError(
+        f'{path}: the records\' masks were made by {source!r} (feature '
+        f'{records.MASK_SOURCE_KEY}) but config.masks={masks!r}; set '
+        f'--config.masks={source}, or --config.masks=grid (needs no masks), '
+        f'or use records made with {masks} masks')
+  return dict(path=path, label=int(parsed['label']),
+              mask_source=source or None)
+
+
+def _check_masks_setting(masks: str) -> None:
+  if masks not in masks_lib.SOURCES:
+    raise ValueError(f'masks={masks!r}: use one of '
+                     f'{", ".join(masks_lib.SOURCES)}')
+
+
+def grid_masks(height, width, grid_size: int):
+  """The spatial heuristic's masks: `grid_size`^2 rectangles over the image.
+
+  Row r of the grid holds the pixel rows y with floor(y n / H) = r, that is
+  y in [ceil(r H / n), ceil((r + 1) H / n)): an integer partition of the
+  height into n parts that differ by at most one pixel (a part is empty when
+  H < n); columns likewise over the width. Rectangle (r, c) has id r n + c
+  (row-major, 0 .. n^2 - 1). No image content is used.
+
+  Args:
+    height: scalar int, image height H in pixels.
+    width: scalar int, image width W in pixels.
+    grid_size: n, rectangles per side.
+
+  Returns:
+    int32 `[H, W, 1]`, shaped like a record's masks with one channel.
+  """
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  rows = tf.range(height) * grid_size // height
+  cols = tf.range(width) * grid_size // width
+  return (rows[:, None] * grid_size + cols[None, :])[..., None]
 
 
 def sample_crop_window(seed, height, width):
@@ -231,8 +297,9 @@ def _parse(serialized, *, decode_masks, fh_mask_to_use):
 
   Returns:
     dict: `image` (the encoded bytes), `height`, `width` (int32 scalars),
-    `label` (int32, 0-based) and, when `decode_masks`, `masks` (int32
-    `[H, W, n]`, or `[H, W, 1]` holding channel `fh_mask_to_use`).
+    `label` (int32, 0-based; a record's label 0, no class, gives -1) and,
+    when `decode_masks`, `masks` (int32 `[H, W, n]`, or `[H, W, 1]` holding
+    channel `fh_mask_to_use`).
   """
   spec = dict(records.feature_spec())
   spec['image/filename'] = tf.io.FixedLenFeature([], tf.string, '')
@@ -249,7 +316,7 @@ def _parse(serialized, *, decode_masks, fh_mask_to_use):
       lambda: tf.shape(tf.io.decode_image(image, 3,
                                           expand_animations=False))[:2])
   checks = [
-      tf.debugging.Assert(label >= 1, [ERR_LABEL, where, label]),
+      tf.debugging.Assert(label >= 0, [ERR_LABEL, where, label]),
       tf.debugging.Assert(
           tf.reduce_all(image_shape == tf.stack([height, width])),
           [ERR_IMAGE_SIZE, where, height, width, image_shape]),
@@ -397,7 +464,8 @@ def make_pretrain_dataset(
     paths: list[str], *, per_device_batch: int, local_devices: int,
     image_size: int = 224, fh_mask_to_use: int | None = None, seed: int = 0,
     process_index: int | None = None, process_count: int | None = None,
-    shuffle_buffer_batches: int = 10) -> tf.data.Dataset:
+    shuffle_buffer_batches: int = 10, masks: str = 'fh',
+    grid_size: int = 4) -> tf.data.Dataset:
   """The infinite DetCon pretraining stream of this JAX process (SPEC 2).
 
   Args:
@@ -407,22 +475,33 @@ def make_pretrain_dataset(
     local_devices: devices of this process (`jax.local_device_count()`).
     image_size: side S of the square views, in pixels.
     fh_mask_to_use: None keeps every mask channel; an index keeps that one
-      channel only (cheaper), still as a trailing axis of size 1.
+      channel only (cheaper), still as a trailing axis of size 1. Unused
+      with `masks='grid'` (one map).
     seed: seeds the file order, the shuffle and every crop and flip.
     process_index, process_count: default `jax.process_index()`,
       `jax.process_count()`.
     shuffle_buffer_batches: shuffle buffer size in batches of this process
       (the buffer holds serialized records, ~0.1-0.6 MB each on ImageNet).
+    masks: the views' masks, one of `masks.SOURCES`: 'fh', 'slic',
+      'ground_truth' take the records' masks (made by that method; see
+      `check_dataset`); 'grid' draws `grid_masks` over each original image
+      instead and reads no masks from the records (any records work, with or
+      without masks). Either way the masks are cropped, flipped and resized
+      with the view by the same code.
+    grid_size: n of the 'grid' masks (n x n rectangles).
 
   Returns:
     A dataset of dicts, with L = local_devices, B = per_device_batch:
       `view1`, `view2`: float32 `[L, B, S, S, 3]` in [0, 1];
       `fh_segmentations1`, `fh_segmentations2`: int32 `[L, B, S, S, n]`, the
-        mask ids of each view (n = masks per record, or 1);
-      `labels`: int32 `[L, B]`, 0-based (record label - 1).
+        mask ids of each view (n = masks per record, or 1; 1 for 'grid');
+      `labels`: int32 `[L, B]`, 0-based (record label - 1; -1: no class).
   """
   hide_gpus_from_tf()
-  check_dataset(paths, fh_mask_to_use)
+  check_dataset(paths, fh_mask_to_use, masks)
+  if masks == 'grid' and grid_size < 1:
+    raise ValueError(f'grid_size={grid_size}: use n >= 1 (n x n rectangles)')
+  use_grid = masks == 'grid'
   index = jax.process_index() if process_index is None else process_index
   batch = per_device_batch * local_devices
   ds = _read(paths, process_index=process_index, process_count=process_count,
@@ -431,8 +510,11 @@ def make_pretrain_dataset(
   ds = ds.enumerate()
 
   def preprocess(k, serialized):
-    parsed = _parse(serialized, decode_masks=True,
+    parsed = _parse(serialized, decode_masks=not use_grid,
                     fh_mask_to_use=fh_mask_to_use)
+    if use_grid:
+      parsed['masks'] = grid_masks(parsed['height'], parsed['width'],
+                                   grid_size)
     seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
         _element_seed(seed, index, k), 2))
     view1, masks1 = _random_view(parsed, seed1, image_size)

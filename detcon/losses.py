@@ -1,4 +1,14 @@
-"""The DetCon-B contrastive detection loss and BYOL's regression loss (SPEC 6).
+"""The contrastive detection loss and BYOL's regression loss (SPEC 6, 10).
+
+One contrastive detection loss serves three objectives; only its inputs differ:
+
+* DetCon-B: predictions = the online predictions of both views, candidates =
+  the target projections (no gradient);
+* DetCon-S: predictions and candidates = the online projections of both views
+  (the gradient flows through both; an online vector never meets itself, as
+  the own view's same-object candidates are removed);
+* SimCLR: DetCon-S with one global mask per image (K = 1, all ids 0), which is
+  SimCLR's NT-Xent summed over both views.
 
 Shapes: B images per device, K sampled masks per image, D projection size.
 """
@@ -19,10 +29,10 @@ def _one_direction(pred, cross, own, pind, cross_ind, own_ind, offset,
   """Mean over local (b, i) of the weighted cross-entropy of one view's masks.
 
   Args:
-    pred: `[B, K, D]` online predictions of view a, L2-normalised.
-    cross: `[N, K, D]` target projections of the other view, of the N images
-      over all devices, L2-normalised.
-    own: `[N, K, D]` target projections of view a, likewise.
+    pred: `[B, K, D]` predictions of view a, L2-normalised.
+    cross: `[N, K, D]` candidates of the other view, of the N images over all
+      devices, L2-normalised.
+    own: `[N, K, D]` candidates of view a, likewise.
     pind: int `[B, K]` ids of `pred`; `cross_ind`, `own_ind` likewise, of
       this device's images only (positives never cross images).
     offset: index in `[0, N)` of this device's first image.
@@ -55,18 +65,26 @@ def _one_direction(pred, cross, own, pind, cross_ind, own_ind, offset,
 
 def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
                     tind2, temperature=0.1, axis_name=None):
-  """The DetCon loss, summed over both directions.
+  """The contrastive detection loss, summed over both directions.
+
+  Each prediction of view a is scored against every candidate of the other
+  view (positives: same image, same id) and of its own view (the same image's
+  same id removed), as SPEC 6 states it. The name is the original release's.
 
   Args:
-    pred1, pred2: `[B, K, D]` online predictions of views 1 and 2.
-    target1, target2: `[B, K, D]` target projections (no gradient needed).
+    pred1, pred2: `[B, K, D]` predictions of views 1 and 2: DetCon-B's online
+      predictions, or DetCon-S's online projections.
+    target1, target2: `[B, K, D]` candidates of views 1 and 2: DetCon-B's
+      target projections (the caller stops their gradient), or DetCon-S's
+      online projections, the same arrays as `pred1`, `pred2` (the gradient
+      flows through both roles, also through the gathering).
     pind1, pind2: int `[B, K]` mask ids of the predictions.
-    tind1, tind2: int `[B, K]` mask ids of the target projections.
+    tind1, tind2: int `[B, K]` mask ids of the candidates.
     temperature: softmax temperature (0.1).
-    axis_name: inside a data-parallel map, the axis whose devices' targets
+    axis_name: inside a data-parallel map, the axis whose devices' candidates
       are gathered (once, for both directions) as extra negatives. The value
       is this device's mean over its (b, i); its mean over devices equals the
-      one-device loss on the whole batch.
+      one-device loss on the whole batch, and so does its gradient.
 
   Returns:
     Scalar loss.

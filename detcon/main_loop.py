@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from detcon import checkpoint, networks, optim, train
+from detcon import checkpoint, masks, networks, optim, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'detcon_b.py'),
@@ -115,9 +115,16 @@ def maybe_initialize_distributed() -> None:
 def validate(config) -> None:
   """Clear errors for settings that cannot run."""
   networks.check_encoder_name(config.model.encoder)
-  train.grid_size(config.image_size)
-  if config.objective not in ('detcon_b', 'byol'):
-    raise ValueError(f'objective {config.objective!r}: use detcon_b or byol')
+  train.check_config(config)
+  if config.masks not in masks.SOURCES:
+    raise ValueError(f'--config.masks={config.masks!r}: use fh (the records\' '
+                     'FH masks), slic or ground_truth (the records\' masks '
+                     'made by that method) or grid (no masks needed)')
+  if config.masks == 'grid' and not (
+      1 <= config.grid_size ** 2 <= config.detcon.max_mask_id):
+    raise ValueError(
+        f'--config.grid_size={config.grid_size}: use n >= 1 with n x n ids '
+        f'at most --config.detcon.max_mask_id={config.detcon.max_mask_id}')
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(f'--batch_size={config.batch_size} does not divide over '
@@ -128,7 +135,8 @@ def mock_batches(config, local_devices: int, per_device: int):
   """Endless random images with blocky masks, shaped like the real input.
 
   Each process yields its slice of the same seeded global batch, so runs on
-  any number of devices and processes see the same data.
+  any number of devices and processes see the same data. Without classes
+  (`num_classes` 0) every label is -1.
   """
   rng = np.random.default_rng(config.seed)
   s, n = config.image_size, config.batch_size
@@ -139,22 +147,45 @@ def mock_batches(config, local_devices: int, per_device: int):
     coarse = rng.integers(0, 6, (n, 4, 4))
     return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[..., None]
 
+  def labels():
+    if not config.num_classes:
+      return np.full(n, -1, np.int32)
+    return rng.integers(0, config.num_classes, n, dtype=np.int32)
+
   while True:
     batch = dict(view1=rng.random((n, s, s, 3), np.float32),
                  view2=rng.random((n, s, s, 3), np.float32),
                  fh_segmentations1=blocks().astype(np.int32),
                  fh_segmentations2=blocks().astype(np.int32),
-                 labels=rng.integers(0, config.num_classes, n, dtype=np.int32))
+                 labels=labels())
     yield {k: v[local].reshape(local_devices, per_device, *v.shape[1:])
            for k, v in batch.items()}
 
 
 def real_batches(config, local_devices: int, per_device: int):
-  """The tf.data pipeline over this process's share of the train shards."""
+  """The tf.data pipeline over this process's share of the train shards.
+
+  Reads the first record before anything is built: records made with other
+  masks than `config.masks` fail here, and when that record carries label 0
+  (no class, e.g. a flat COCO folder) the online classifier is turned off
+  (`config.num_classes = 0`).
+  """
   # Imported here: TensorFlow loads only for runs that read records.
   from detcon import data  # pylint: disable=g-import-not-at-top
   data.hide_gpus_from_tf()
   paths = data.find_shards(config.dataset_directory, 'train')
+  first = data.check_dataset(paths, config.detcon.fh_mask_to_use,
+                             config.masks)
+  if config.masks != 'grid' and first['mask_source'] is None:
+    logging.info('%s does not say which method made its masks (no '
+                 'image/mask_source: records of the original release or an '
+                 'older version); taking them as %s masks (--config.masks).',
+                 first['path'], config.masks)
+  if first['label'] < 0 and config.num_classes:
+    logging.info('The records carry label 0 (no class; first record of %s): '
+                 'the online classifier is off (num_classes 0, classif_loss '
+                 '0, no top1).', first['path'])
+    config.num_classes = 0
   if not config.num_train_images:
     config.num_train_images = data.count_records(paths)
     logging.info('Counted %d training records in %d shards.',
@@ -163,7 +194,8 @@ def real_batches(config, local_devices: int, per_device: int):
       paths, per_device_batch=per_device, local_devices=local_devices,
       image_size=config.image_size,
       fh_mask_to_use=config.detcon.fh_mask_to_use, seed=config.seed,
-      shuffle_buffer_batches=config.shuffle_buffer_batches)
+      shuffle_buffer_batches=config.shuffle_buffer_batches,
+      masks=config.masks, grid_size=config.grid_size)
   return ds.as_numpy_iterator()
 
 

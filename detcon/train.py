@@ -1,17 +1,29 @@
-"""The DetCon-B / BYOL training step, data parallel over all devices.
+"""The training step of DetCon-B, BYOL, DetCon-S and SimCLR, data parallel.
 
-One step (SPEC 3-7): augment both views on device, assign each 32x32 cell of
-each view's FH mask to its majority id, sample 16 ids per view, run the online
-network (encoder -> mask pooling -> projector -> predictor, plus the
-classifier) and the target network (encoder -> mask pooling -> projector) on
-both views, take the DetCon (or BYOL) loss plus the classifier's
-cross-entropy, apply LARS, and move the target towards the online network.
+One step (SPEC 3-7, 10): augment both views on device, assign each 32x32 cell
+of each view's mask to its majority id, sample 16 ids per view, run the online
+network (encoder -> mask pooling -> projector [-> predictor], plus the
+classifier) on both views, take the representation loss plus the classifier's
+cross-entropy, apply LARS. The objectives (`config.objective`):
+
+* `detcon_b` (default) and `byol` (its image-level baseline): the BYOL
+  framework. The online network has a predictor; a target network (encoder
+  and projector, an EMA of the online ones) projects both views; the loss
+  compares online predictions with target projections, and the target moves
+  towards the online network after the step.
+* `detcon_s` and `simclr` (its image-level baseline): the SimCLR framework.
+  No predictor, no target: both views go through the online network, and the
+  contrastive detection loss takes the online projections as predictions and
+  as candidates (the gradient flows through both). The `TrainState`'s target
+  fields are then empty dicts.
+
+The image-level objectives use one global mask per image (all ids 0).
 
 The step runs under `shard_map` over a 1-D mesh of every device of every
 process (axis `data`): each device holds `batch / devices` images; BatchNorm
-statistics are averaged over the axis, targets are gathered as negatives, and
-the loss is averaged over the axis inside the differentiated function, so the
-gradient is exactly that of the loss on the global batch.
+statistics are averaged over the axis, candidates are gathered as negatives,
+and the loss is averaged over the axis inside the differentiated function, so
+the gradient is exactly that of the loss on the global batch.
 """
 
 from collections.abc import Mapping
@@ -30,6 +42,10 @@ from detcon import augment, losses, masks, networks, optim
 
 AXIS = 'data'
 TARGET_MODULES = ('encoder', 'projector')  # The target has no predictor.
+OBJECTIVES = ('detcon_b', 'byol', 'detcon_s', 'simclr')
+BYOL_FRAMEWORK = ('detcon_b', 'byol')  # Predictor and EMA target network.
+IMAGE_LEVEL_OBJECTIVES = ('byol', 'simclr')  # One global mask per image.
+TARGET_INITS = ('independent', 'copy')
 
 
 class TrainState(NamedTuple):
@@ -37,10 +53,37 @@ class TrainState(NamedTuple):
   step: jax.Array  # int32 scalar.
   params: hk.Params  # Online network.
   state: hk.State  # Online BatchNorm statistics.
-  target_params: hk.Params  # EMA of the online encoder and projector.
-  target_state: hk.State  # The target's own BatchNorm statistics.
+  # EMA of the online encoder and projector; {} without a target network.
+  target_params: hk.Params
+  target_state: hk.State  # The target's own BatchNorm statistics, or {}.
   opt_state: optax.OptState
   rng: jax.Array  # Base key; each step folds in the step and device.
+
+
+def has_target(config: ml_collections.ConfigDict) -> bool:
+  """Whether the objective uses BYOL's predictor and EMA target network."""
+  return config.objective in BYOL_FRAMEWORK
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Clear errors for the step's settings that cannot run.
+
+  Raises:
+    ValueError: unknown `objective` or `target_init`, negative `num_classes`,
+      or an `image_size` that is not a multiple of 32.
+  """
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f'objective {config.objective!r}: use one of '
+                     f'{", ".join(OBJECTIVES)}')
+  if config.target_init not in TARGET_INITS:
+    raise ValueError(f'target_init {config.target_init!r}: use independent '
+                     '(the original: the target gets its own random '
+                     'initialisation) or copy (the target starts as the '
+                     'online network)')
+  if config.num_classes < 0:
+    raise ValueError(f'num_classes={config.num_classes}: use the number of '
+                     'classes of the records, or 0 for no online classifier')
+  grid_size(config.image_size)
 
 
 def grid_size(image_size: int) -> int:
@@ -56,8 +99,9 @@ def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
 
   `images`: float `[B, S, S, 3]` in [0, 1]; `pool_weights`: `[B, K, cells]`.
   Output dict: `projection` `[B, K, 256]`; when `online`, also `prediction`
-  `[B, K, 256]` and classifier `logits` `[B, num_classes]`. Always in
-  training mode (BatchNorm on batch statistics).
+  `[B, K, 256]` (objectives with a target only) and classifier `logits`
+  `[B, num_classes]` (when `num_classes > 0`). Always in training mode
+  (BatchNorm on batch statistics).
   """
   m = config.model
   bn = networks.bn_config(m.bn_decay, m.bn_eps, axis_name)
@@ -78,10 +122,11 @@ def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
     projection = networks.MLP(m.projector_hidden_size, m.projector_output_size,
                               bn, name='projector')(pooled, True)
     out = {'projection': projection}
-    if online:
+    if online and has_target(config):
       out['prediction'] = networks.MLP(
           m.predictor_hidden_size, m.projector_output_size, bn,
           name='predictor')(projection, True)
+    if online and config.num_classes:
       out['logits'] = hk.Linear(config.num_classes, name='classifier')(
           jax.lax.stop_gradient(features.mean(1)))
     return out
@@ -107,22 +152,37 @@ def make_optimizer(config, total_steps: int, warmup_steps: int):
 
 
 def init_state(config, rng: jax.Array, optimizer) -> TrainState:
-  """Initialises online, target and optimiser state (jitted, on one device)."""
+  """Initialises online, target and optimiser state (jitted, on one device).
+
+  The target network (objectives with one) follows `config.target_init`:
+  'independent' (the original's) initialises its encoder and projector with
+  a key of its own, and the EMA then draws it towards the online network;
+  'copy' starts it equal to the online encoder and projector. Without a
+  target network the target fields are empty dicts.
+  """
+  check_config(config)
   net = make_network(config, axis_name=None)
   size, k = config.image_size, config.detcon.num_samples
   cells = grid_size(size) ** 2
 
   @jax.jit
   def init(rng):
-    init_rng, net_rng = jax.random.split(rng)
+    init_rng, net_rng, target_rng = jax.random.split(rng, 3)
     images = jnp.zeros((2, size, size, 3), jnp.float32)
-    params, state = net.init(net_rng, images,
-                             jnp.full((2, k, cells), 1.0 / cells), True)
+    weights = jnp.full((2, k, cells), 1.0 / cells)
+    params, state = net.init(net_rng, images, weights, True)
+    if not has_target(config):
+      target_params, target_state = {}, {}
+    elif config.target_init == 'copy':
+      target_params, target_state = target_subset(params), target_subset(state)
+    else:
+      target_params, target_state = net.init(target_rng, images, weights,
+                                             False)
     # Copies: the step donates its input, so no two leaves may share memory.
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, state=state,
-        target_params=jax.tree.map(jnp.copy, target_subset(params)),
-        target_state=jax.tree.map(jnp.copy, target_subset(state)),
+        target_params=jax.tree.map(jnp.copy, target_params),
+        target_state=jax.tree.map(jnp.copy, target_state),
         opt_state=optimizer.init(params), rng=init_rng)
 
   return init(rng)
@@ -163,7 +223,7 @@ def _view_pooling(keys, fh_masks, config):
 
   The input pipeline keeps only the config's `fh_mask_to_use` channel.
   """
-  if config.objective == 'byol':
+  if config.objective in IMAGE_LEVEL_OBJECTIVES:
     b, cells = fh_masks.shape[0], grid_size(config.image_size) ** 2
     return jnp.zeros((b, 1), jnp.int32), masks.global_pooling_weights(b, cells)
   cell_ids, ids = sample_view_masks(keys, fh_masks, config)
@@ -198,26 +258,28 @@ def _local_step(ts: TrainState, batch, *, config, net, optimizer, schedule,
   def loss_fn(params):
     online1, state = net.apply(params, ts.state, None, view1, weights1, True)
     online2, state = net.apply(params, state, None, view2, weights2, True)
-    target1, tstate = net.apply(ts.target_params, ts.target_state, None,
-                                view1, weights1, False)
-    target2, tstate = net.apply(ts.target_params, tstate, None, view2,
-                                weights2, False)
-    t1 = jax.lax.stop_gradient(target1['projection'])
-    t2 = jax.lax.stop_gradient(target2['projection'])
+    if has_target(config):
+      target1, tstate = net.apply(ts.target_params, ts.target_state, None,
+                                  view1, weights1, False)
+      target2, tstate = net.apply(ts.target_params, tstate, None, view2,
+                                  weights2, False)
+      pred1, pred2 = online1['prediction'], online2['prediction']
+      cand1 = jax.lax.stop_gradient(target1['projection'])
+      cand2 = jax.lax.stop_gradient(target2['projection'])
+    else:  # SimCLR framework: each view's projections are the candidates.
+      tstate = ts.target_state
+      pred1 = cand1 = online1['projection']
+      pred2 = cand2 = online2['projection']
     if config.objective == 'byol':
-      repr_loss = losses.byol_regression(
-          online1['prediction'][:, 0], online2['prediction'][:, 0],
-          t1[:, 0], t2[:, 0])
+      repr_loss = losses.byol_regression(pred1[:, 0], pred2[:, 0],
+                                         cand1[:, 0], cand2[:, 0])
     else:
       repr_loss = losses.byol_nce_detcon(
-          online1['prediction'], online2['prediction'], t1, t2,
-          ids1, ids2, ids1, ids2, config.detcon.temperature, AXIS)
-    logits = online1['logits']
-    classif_loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['labels']).mean()
-    top1 = (jnp.argmax(logits, -1) == batch['labels']).mean()
-    metrics = dict(repr_loss=repr_loss, classif_loss=classif_loss, top1=top1)
-    metrics = jax.lax.pmean(metrics, AXIS)
+          pred1, pred2, cand1, cand2, ids1, ids2, ids1, ids2,
+          config.detcon.temperature, AXIS)
+    metrics = dict(repr_loss=jax.lax.pmean(repr_loss, AXIS),
+                   **_classifier_metrics(online1.get('logits'),
+                                         batch['labels']))
     loss = metrics['repr_loss'] + metrics['classif_loss']
     return loss, (state, tstate, metrics)
 
@@ -225,14 +287,44 @@ def _local_step(ts: TrainState, batch, *, config, net, optimizer, schedule,
       loss_fn, has_aux=True)(ts.params)
   updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
   params = optax.apply_updates(ts.params, updates)
-  tau = optim.target_ema(ts.step, total_steps, config.base_target_ema)
-  target_params = optim.ema_update(ts.target_params, target_subset(params),
-                                   tau)
-  metrics = dict(metrics, loss=loss, lr=schedule(ts.step), tau=tau)
+  metrics = dict(metrics, loss=loss, lr=schedule(ts.step))
+  target_params = ts.target_params
+  if has_target(config):
+    tau = optim.target_ema(ts.step, total_steps, config.base_target_ema)
+    target_params = optim.ema_update(target_params, target_subset(params),
+                                     tau)
+    metrics['tau'] = tau
   new = TrainState(step=ts.step + 1, params=params, state=state,
                    target_params=target_params, target_state=target_state,
                    opt_state=opt_state, rng=ts.rng)
   return new, metrics
+
+
+def _classifier_metrics(logits, labels):
+  """The online classifier's cross-entropy and top-1 over the global batch.
+
+  Args:
+    logits: `[B, num_classes]`, or None without a classifier (then
+      `classif_loss` is 0 and there is no `top1`).
+    labels: int32 `[B]`, 0-based; -1 (a record without a class) counts in
+      neither metric.
+
+  Returns:
+    dict of scalars, averaged over the labelled images of all devices (0 when
+    there are none).
+  """
+  if logits is None:
+    return dict(classif_loss=jnp.zeros((), jnp.float32))
+  labelled = labels >= 0
+  count = jnp.maximum(jax.lax.psum(labelled.sum(), AXIS), 1)
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.maximum(labels, 0))
+  correct = jnp.argmax(logits, -1) == labels
+
+  def mean(x):
+    return jax.lax.psum(jnp.where(labelled, x, 0).sum(), AXIS) / count
+
+  return dict(classif_loss=mean(cross_entropy), top1=mean(correct))
 
 
 def make_mesh() -> jax.sharding.Mesh:

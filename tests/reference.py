@@ -193,6 +193,81 @@ def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
   return sum_1 / count_1 + sum_2 / count_2
 
 
+def detcon_s(proj1, proj2, ids1, ids2, temperature=0.1, anchor_images=None):
+  """DetCon-S (SPEC 10): one pool of online projections, both views.
+
+  Written from the SimCLR-style description rather than from the two-view
+  split above: all projections of both views form one pool of candidates.
+  An anchor (view a, image b, mask i) is scored against every member of the
+  pool except those of its own view with the same image and id (itself and
+  its repeats: the same object, not a negative). Its positives are the
+  other view's members of image b with its id, the label uniform over them;
+  without a positive its weight is 0, else 1 / (masks of (a, b) with its
+  id). Per view, the weighted cross-entropies are averaged over the anchors;
+  the two views' averages are summed.
+
+  Args:
+    proj1, proj2: [N, K, D] projections of views 1 and 2, all images.
+    ids1, ids2: [N, K] their mask ids.
+    temperature: softmax temperature tau.
+    anchor_images: the images whose masks are anchors (default all): one
+      device's images when the pool is gathered from several.
+  """
+  views = ((np.asarray(proj1, np.float64), np.asarray(ids1)),
+           (np.asarray(proj2, np.float64), np.asarray(ids2)))
+  num_images, num_masks = views[0][1].shape
+  if anchor_images is None:
+    anchor_images = range(num_images)
+  pool = []  # (view, image, id, normalised vector)
+  for view, (proj, ids) in enumerate(views):
+    for u in range(num_images):
+      for v in range(num_masks):
+        pool.append((view, u, int(ids[u, v]), _normalise(proj[u, v])))
+  total = 0.0
+  for anchor_view, (proj, ids) in enumerate(views):
+    view_sum, anchors = 0.0, 0
+    for b in anchor_images:
+      for i in range(num_masks):
+        anchors += 1
+        anchor = _normalise(proj[b, i])
+        my_id = int(ids[b, i])
+        logits, positive = [], []
+        for view, u, mask_id, vector in pool:
+          same_object = u == b and mask_id == my_id
+          if same_object and view == anchor_view:
+            continue
+          logits.append(float(np.dot(anchor, vector)) / temperature)
+          positive.append(same_object)
+        if not any(positive):
+          continue
+        log_probs = _log_softmax(logits)
+        cross_entropy = -np.mean([lp for lp, pos in zip(log_probs, positive,
+                                                        strict=True) if pos])
+        repeats = sum(int(ids[b, j]) == my_id for j in range(num_masks))
+        view_sum += cross_entropy / repeats
+    total += view_sum / anchors
+  return total
+
+
+def nt_xent(z1, z2, temperature=0.1):
+  """SimCLR's NT-Xent loss as its paper defines it (Chen et al., 2020).
+
+  The 2N vectors z1[0..N-1], z2[0..N-1]; for each k, with j its other view
+  of the same image, l(k) = -log(exp(s_kj / tau) / sum_{m != k}
+  exp(s_km / tau)), s the cosine similarity; L = mean of l(k) over all 2N.
+  """
+  z = [_normalise(v) for v in np.concatenate([z1, z2])]
+  n = len(z1)
+  total = 0.0
+  for k in range(2 * n):
+    j = (k + n) % (2 * n)
+    logits = [float(np.dot(z[k], z[m])) / temperature
+              for m in range(2 * n) if m != k]
+    others = [m for m in range(2 * n) if m != k]
+    total -= _log_softmax(logits)[others.index(j)]
+  return total / (2 * n)
+
+
 def byol_regression(pred1, pred2, target1, target2):
   """Mean over batch of (2 - 2 cos(p1, t2)) + (2 - 2 cos(p2, t1))."""
   total = 0.0

@@ -372,7 +372,7 @@ def test_error_bad_header_label_and_mask_index(tmp_path):
   cases = (
       ('size', _example(image, masks[:, :, :50], 2, size=(40, 50)),
        'image/height, image/width differ'),
-      ('label', _example(image, masks, 0), '1-based'),
+      ('label', _example(image, masks, -1), r'>= 0 \(1-based classes'),
   )
   for name, bad, match in cases:
     with pytest.raises(ValueError, match=match):
@@ -383,3 +383,94 @@ def test_error_bad_header_label_and_mask_index(tmp_path):
     _pretrain(paths, fh_mask_to_use=len(FH_PARAMS))
   with pytest.raises(ValueError, match='no records'):
     data.check_dataset([_write(tmp_path / 'empty', [])])
+
+
+# Mask sources (SPEC 10) and records without a class.
+
+
+def _grid_reference(height, width, n):
+  """The n x n grid drawn from its definition: row r spans pixel rows
+  [ceil(r H / n), ceil((r + 1) H / n)), columns likewise, id r n + c."""
+  out = np.zeros((height, width), np.int64)
+  for r in range(n):
+    for c in range(n):
+      y0, y1 = -(-r * height // n), -(-(r + 1) * height // n)
+      x0, x1 = -(-c * width // n), -(-(c + 1) * width // n)
+      out[y0:y1, x0:x1] = r * n + c
+  return out
+
+
+def _with_source(example, source):
+  example.features.feature[records.MASK_SOURCE_KEY].bytes_list.value.append(
+      source.encode())
+  return example
+
+
+@pytest.mark.parametrize('height,width,n', [(90, 140, 4), (7, 11, 3),
+                                            (2, 5, 4)])
+def test_grid_masks_partition_the_image(height, width, n):
+  got = data.grid_masks(height, width, n).numpy()
+  assert got.shape == (height, width, 1) and got.dtype == np.int32
+  np.testing.assert_array_equal(got[..., 0], _grid_reference(height, width,
+                                                             n))
+
+
+def test_grid_views_equal_fh_views_of_the_drawn_grid(tmp_path):
+  """Records whose FH mask is the grid, read as 'fh', equal records without
+  masks (or with other masks) read as 'grid': same crops, flips, resizing."""
+  n = 3
+  drawn, bare, other = [], [], []
+  for i, (name, h, w, fmt, encoding) in enumerate(PHOTOS):
+    image, fh = _photo(name, h, w)
+    grid = _grid_reference(h, w, n)[None]
+    drawn.append(_example(image, grid, i + 1, fmt=fmt, encoding=encoding))
+    bare.append(_example(image, None, i + 1, fmt=fmt, masks_bytes=b''))
+    other.append(_with_source(_example(image, fh, i + 1, fmt=fmt), 'slic'))
+  paths = {k: [_write(tmp_path / f'{k}-train-00000-of-00001', v)]
+           for k, v in (('drawn', drawn), ('bare', bare), ('other', other))}
+  kwargs = dict(per_device_batch=3, image_size=32, seed=5)
+  want = _batches(_pretrain(paths['drawn'], masks='fh', **kwargs), 3)
+  assert want[0]['fh_segmentations1'].shape == (1, 3, 32, 32, 1)
+  for key in ('bare', 'other'):
+    got = _batches(_pretrain(paths[key], masks='grid', grid_size=n,
+                             **kwargs), 3)
+    for a, b in zip(want, got, strict=True):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f'{key} {k}')
+  # Crops of a 3 x 3 grid: several rectangles in some views, never a 10th id.
+  ids = np.concatenate([b['fh_segmentations1'].ravel() for b in want])
+  assert set(np.unique(ids)) <= set(range(n * n))
+  assert len(np.unique(ids)) > 3
+  with pytest.raises(ValueError, match='grid_size=0'):
+    _pretrain(paths['bare'], masks='grid', grid_size=0)
+
+
+def test_mask_source_must_match_config(tmp_path):
+  image, masks = _photo('chelsea', 60, 90)
+  path = _write(tmp_path / 'train-00000-of-00001',
+                [_with_source(_example(image, masks, 1), 'slic')])
+  with pytest.raises(ValueError, match=r"made by 'slic'.*--config.masks=slic"):
+    data.check_dataset([path], masks='fh')
+  assert data.check_dataset([path], masks='slic')['mask_source'] == 'slic'
+  assert data.check_dataset([path], masks='grid')['mask_source'] == 'slic'
+  batch = _batches(_pretrain([path], per_device_batch=1, masks='slic'), 1)[0]
+  assert set(np.unique(batch['fh_segmentations1'])) <= set(np.unique(masks))
+  with pytest.raises(ValueError, match='use one of fh, slic, ground_truth, '
+                     'grid'):
+    data.check_dataset([path], masks='mcg')
+  # Records without the feature (the original release's) are accepted.
+  old = _write(tmp_path / 'old-train-00000-of-00001',
+               [_example(image, masks, 1)])
+  assert data.check_dataset([old], masks='ground_truth') == dict(
+      path=old, label=0, mask_source=None)
+
+
+def test_records_without_a_class_give_label_minus_one(tmp_path):
+  image, masks = _photo('coffee', 50, 70)
+  path = _write(tmp_path / 'train-00000-of-00001',
+                [_example(image, masks, 0), _example(image, masks, 2)])
+  assert data.check_dataset([path])['label'] == -1
+  batch = _batches(data.make_eval_dataset([path], batch_size=2, image_size=8,
+                                          process_index=0, process_count=1),
+                   1)[0]
+  np.testing.assert_array_equal(batch['labels'], [-1, 1])

@@ -211,3 +211,97 @@ def test_byol_regression_extremes():
   q = rng.normal(size=(3, 6)).astype(np.float32)
   np.testing.assert_allclose(
       float(losses.byol_regression(p, q, q, p)), 0.0, atol=1e-6)
+
+
+# DetCon-S and SimCLR: the same function with the online projections of both
+# views as predictions and candidates (SPEC 10).
+
+
+def _detcon_s(z1, z2, ids1, ids2, **kwargs):
+  return losses.byol_nce_detcon(z1, z2, z1, z2, ids1, ids2, ids1, ids2,
+                                **kwargs)
+
+
+@pytest.mark.parametrize('seed,batch,num_masks,num_ids', [
+    (0, 3, 4, 3),
+    (1, 2, 8, 2),   # Many repeats within an image.
+    (2, 4, 5, 12),  # Most objects absent from the other view.
+])
+def test_detcon_s_matches_reference(seed, batch, num_masks, num_ids):
+  vecs, ids = _random_case(seed, batch, num_masks, 8, num_ids)
+  expected = reference.detcon_s(vecs[0], vecs[1], ids[0], ids[1])
+  assert expected > 0
+  fast = float(_detcon_s(vecs[0], vecs[1], ids[0], ids[1]))
+  np.testing.assert_allclose(fast, expected, rtol=RTOL, atol=ATOL)
+  # Not DetCon-B's value on other candidates: the candidates matter.
+  assert abs(_fast(vecs, ids) - expected) > 1e-2
+
+
+def test_simclr_is_nt_xent():
+  """One global mask per image (all ids 0) gives SimCLR's NT-Xent."""
+  rng = np.random.default_rng(4)
+  z1, z2 = (rng.normal(size=(5, 1, 16)).astype(np.float32) for _ in range(2))
+  zeros = np.zeros((5, 1), np.int32)
+  fast = float(_detcon_s(z1, z2, zeros, zeros))
+  # Summed over both views' anchors, as SimCLR's own code (loss_a + loss_b):
+  # twice the paper's mean over the 2N anchors.
+  np.testing.assert_allclose(fast, 2 * reference.nt_xent(z1[:, 0], z2[:, 0]),
+                             rtol=RTOL)
+  np.testing.assert_allclose(
+      fast, reference.detcon_s(z1, z2, zeros, zeros), rtol=RTOL)
+
+
+def test_detcon_s_gradient_through_both_roles_matches_reference():
+  vecs, ids = _random_case(8, 2, 3, 4, 2)
+  z1, z2 = vecs[0], vecs[1]
+  grads = jax.grad(lambda a, b: _detcon_s(a, b, ids[0], ids[1]),
+                   argnums=(0, 1))(z1, z2)
+  base = [z1.astype(np.float64), z2.astype(np.float64)]
+  eps = 1e-6
+  for which in (0, 1):
+    for index in [(0, 0, 0), (0, 2, 3), (1, 1, 2)]:
+      plus = [v.copy() for v in base]
+      minus = [v.copy() for v in base]
+      plus[which][index] += eps
+      minus[which][index] -= eps
+      numeric = (reference.detcon_s(*plus, ids[0], ids[1]) -
+                 reference.detcon_s(*minus, ids[0], ids[1])) / (2 * eps)
+      np.testing.assert_allclose(grads[which][index], numeric, rtol=1e-3,
+                                 atol=1e-4)
+  # The candidates' share of the gradient is real: cut it and it changes.
+  predictions_only = jax.grad(lambda a: losses.byol_nce_detcon(
+      a, z2, jax.lax.stop_gradient(a), z2, *ids))(z1)
+  assert np.abs(predictions_only - grads[0]).max() > 1e-3
+
+
+def test_detcon_s_gathered_across_devices_value_and_gradient():
+  """Per-device values and the gradient of their mean, with gathering."""
+  num_devices, local_batch = 2, 2
+  batch = num_devices * local_batch
+  vecs, ids = _random_case(14, batch, 4, 8, 3)
+  z1, z2 = vecs[0], vecs[1]
+
+  def per_device(x):
+    return x.reshape((num_devices, local_batch) + x.shape[1:])
+
+  def gathered(a, b):
+    values = jax.vmap(
+        lambda *args: _detcon_s(*args, axis_name='i'), axis_name='i')(
+            per_device(a), per_device(b), per_device(ids[0]),
+            per_device(ids[1]))
+    return values.mean(), values
+
+  (mean, values), grads = jax.value_and_grad(
+      gathered, argnums=(0, 1), has_aux=True)(z1, z2)
+  for device in range(num_devices):
+    local = range(device * local_batch, (device + 1) * local_batch)
+    expected = reference.detcon_s(z1, z2, ids[0], ids[1],
+                                  anchor_images=local)
+    np.testing.assert_allclose(values[device], expected, rtol=RTOL,
+                               atol=ATOL)
+  whole = reference.detcon_s(z1, z2, ids[0], ids[1])
+  np.testing.assert_allclose(mean, whole, rtol=RTOL, atol=ATOL)
+  whole_grads = jax.grad(lambda a, b: _detcon_s(a, b, ids[0], ids[1]),
+                         argnums=(0, 1))(z1, z2)
+  for got, want in zip(grads, whole_grads, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

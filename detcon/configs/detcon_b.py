@@ -14,15 +14,36 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the DetCon-B config."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.objective = 'detcon_b'  # 'detcon_b' or 'byol' (image-level baseline).
+  # 'detcon_b' or 'byol' (its image-level baseline); 'detcon_s' and 'simclr'
+  # (the SimCLR framework) have their own config, detcon_s.py.
+  c.objective = 'detcon_b'
+  # Target network initialisation (objectives with a target): 'independent'
+  # (the original's: its own random key, then the EMA draws it towards the
+  # online network) or 'copy' (starts equal to the online network).
+  c.target_init = 'independent'
 
   # Data (SPEC 1-2).
   c.dataset_directory = '/tmp/imagenet-fh-train'
   c.num_train_images = 0  # Epoch size; 0 = count the training records.
+  # Online classifier's classes; 0: none (also set by the main loop when the
+  # records carry label 0, no class).
   c.num_classes = 1000
   c.image_size = 224
   c.shuffle_buffer_batches = 10
   c.mock_data = False  # Random images and blocky masks instead of records.
+  # The views' masks (SPEC 10): 'fh' (the records' FH masks), 'slic' or
+  # 'ground_truth' (the records' masks made by that method; a record that
+  # names another method, image/mask_source, is refused), or 'grid' (the
+  # spatial heuristic: grid_size x grid_size rectangles over the original
+  # image, cropped and flipped with the view; reads no masks from the
+  # records, so any records work).
+  c.masks = 'fh'
+  # n of the grid. 4: its 16 ids match the 16 masks sampled per view, and a
+  # rectangle stays about 1.75 of the 7x7 encoder cells wide even in a crop
+  # of the whole image (224 px), so every rectangle in view owns cells; at
+  # n = 8 rectangles fall below a cell and lose the cells' majority vote.
+  # The paper's n is not in our sources.
+  c.grid_size = 4
 
   # Schedule (SPEC 7).
   c.batch_size = 4096  # Global, over all devices and hosts.
@@ -43,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Mask pooling and loss (SPEC 5-6).
   c.detcon = ml_collections.ConfigDict(dict(
-      fh_mask_to_use=0,
+      fh_mask_to_use=0,  # The records' mask channel (unused with grid).
       num_samples=16,
       max_mask_id=256,
       temperature=0.1,
@@ -68,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
       eta=1e-3,
       momentum=0.9,
   ))
-  c.base_target_ema = 0.996
+  c.base_target_ema = 0.996  # Objectives with a target network only.
 
   # Checkpoints and logging.
   c.checkpoint_dir = ''  # '' = no checkpoints.
