@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import jmp
 import ml_collections
 import optax
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -158,7 +159,9 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
   'independent' (the original's) initialises its encoder and projector with
   a key of its own, and the EMA then draws it towards the online network;
   'copy' starts it equal to the online encoder and projector. Without a
-  target network the target fields are empty dicts.
+  target network the target fields are empty dicts. With
+  `config.init_from`, online and target networks both start from that file
+  (`export.init_from_pretrained`).
   """
   check_config(config)
   net = make_network(config, axis_name=None)
@@ -185,7 +188,31 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
         target_state=jax.tree.map(jnp.copy, target_state),
         opt_state=optimizer.init(params), rng=init_rng)
 
-  return init(rng)
+  ts = init(rng)
+  if config.init_from:
+    ts = _from_pretrained(ts, config, optimizer)
+  return ts
+
+
+def _from_pretrained(ts: TrainState, config, optimizer) -> TrainState:
+  """`ts` with online and target networks loaded from `config.init_from`."""
+  from detcon import export  # pylint: disable=g-import-not-at-top
+  pretrained = export.load_pretrained(config.init_from, config.model.encoder,
+                                      config.model.width_multiplier)
+  params, state = export.init_from_pretrained(ts.params, ts.state, pretrained)
+  target_params = target_state = {}
+  if has_target(config):
+    target_params, target_state = target_subset(params), target_subset(state)
+  logging.info('Initialised the online%s network from %s.',
+               ' and target' if has_target(config) else '', config.init_from)
+
+  def copy(tree):  # The step donates its input: no shared buffers.
+    return jax.tree.map(jnp.array, tree)
+
+  return ts._replace(params=copy(params), state=copy(state),
+                     target_params=copy(target_params),
+                     target_state=copy(target_state),
+                     opt_state=optimizer.init(params))
 
 
 def sample_ids(keys, cell_ids, config):

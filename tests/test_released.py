@@ -16,8 +16,14 @@ import jax
 import numpy as np
 import pytest
 
-from detcon import export, train
-from tests import released_layout, test_demo, test_export, test_train
+from detcon import checkpoint, export, train
+from tests import (
+  released_layout,
+  test_demo,
+  test_export,
+  test_main_loop,
+  test_train,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50 = 'res_net50/~/'
@@ -316,3 +322,29 @@ def test_linear_eval_help_and_source_flags():
   result = _linear_eval('--npy=a.npy', '--checkpoint_dir=b')
   assert result.returncode != 0
   assert 'exactly one of --checkpoint_dir' in result.stderr
+
+
+def test_main_loop_init_from_starts_from_the_file(tmp_path):
+  """A zero-learning-rate step keeps the imported weights, online and target.
+
+  (BatchNorm statistics move with the step, as in any training step.)
+  """
+  path = released_layout.save(tmp_path / 'r18.npy', _r18(num_classes=3))
+  ckpt = str(tmp_path / 'ckpt')
+  result = subprocess.run(
+      [sys.executable, '-m', 'detcon.main_loop', *test_main_loop.TINY,
+       '--config.mock_data=true', '--max_steps=1', f'--checkpoint_dir={ckpt}',
+       f'--config.init_from={path}', '--config.optimizer.base_learning_rate=0'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Initialised the online and target network from' in result.stderr
+  restored = checkpoint.restore_latest(ckpt)
+  want = export.load_pretrained(str(path))
+  for module, leaves in want.params.items():
+    for name, value in leaves.items():
+      np.testing.assert_array_equal(restored['params'][module][name], value,
+                                    err_msg=f'{module}/{name}')
+      if module.split('/')[0] in ('encoder', 'projector'):
+        np.testing.assert_array_equal(
+            restored['target_params'][module][name], value,
+            err_msg=f'target {module}/{name}')

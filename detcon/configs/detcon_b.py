@@ -21,6 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
   # (the original's: its own random key, then the EMA draws it towards the
   # online network) or 'copy' (starts equal to the online network).
   c.target_init = 'independent'
+  # Start from pretrained weights: a released DetCon .npy file (e.g.
+  # resnet50_detcon_b_imagenet_1k.npy) or one of detcon.export; '' = random.
+  # It sets the online and target encoder, the heads the file holds and, when
+  # its size fits num_classes, the classifier. A resumed run ignores it.
+  c.init_from = ''
 
   # Data (SPEC 1-2).
   c.dataset_directory = '/tmp/imagenet-fh-train'
