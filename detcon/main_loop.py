@@ -274,6 +274,9 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
     logged = now - last_log >= config.log_tensors_interval or step == total
     if logged:
       metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      # Steps are dispatched ahead of the device: time them once this one's
+      # metrics are on the host, not when it was queued.
+      now = time.time()
       metrics['step_time_s'] = (now - last_log) / (step - log_step)
       metrics['images_per_s'] = config.batch_size / metrics['step_time_s']
       _log_metrics(step, metrics, writer)
