@@ -181,10 +181,7 @@ def load_labels(labels_file: str | None, metadata_file: str | None,
                  'the %d sorted class folders.', len(synsets))
   texts = {}
   if metadata_file:
-    with open(metadata_file) as f:
-      for line in f:
-        synset, _, text = line.rstrip('\n').partition('\t')
-        texts[synset.strip()] = text.strip()
+    texts = records.read_synset_texts(metadata_file)
     missing = sum(s not in texts for s in synsets)
     if missing:
       logging.warning('%d synsets have no text in %s; their text is the '

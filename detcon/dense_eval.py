@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from absl import app, flags
 from PIL import Image
 
@@ -302,8 +303,7 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, *,
                              jnp.asarray(features[:1], jnp.float32), True)
   opt_state = optimizer.init(params)
   order = np.empty(0, int)
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(range(steps), desc='linear probe', unit='step',
+  bar = tqdm.tqdm(range(steps), desc='linear probe', unit='step',
              disable=not progress, mininterval=1.0)
   for step in bar:
     if len(order) < batch_size:
@@ -397,6 +397,22 @@ class TrainSet(NamedTuple):
   labels: np.ndarray  # uint8 [N, S, S].
 
 
+def readable_examples(root: str, ids: Sequence[str], num_classes: int,
+                      skipped: list[str], desc: str, progress: bool):
+  """Yields (id, image, labels) of `voc.load_example`, with a progress bar.
+
+  An image that cannot be decoded is logged, appended to `skipped` and left
+  out; any other problem (`voc.VocError`) stops the run.
+  """
+  for image_id in tqdm.tqdm(ids, desc=desc, unit='img', disable=not progress,
+                       mininterval=1.0):
+    try:
+      yield (image_id, *voc.load_example(root, image_id, num_classes))
+    except voc.UnreadableImage as e:
+      logging.warning('Skipping %s', e)
+      skipped.append(image_id)
+
+
 def extract_train_crops(root: str, ids: Sequence[str], feature_fn: FeatureFn,
                         *, num_classes: int, image_size: int,
                         crops_per_image: int, batch_size: int, seed: int,
@@ -406,7 +422,6 @@ def extract_train_crops(root: str, ids: Sequence[str], feature_fn: FeatureFn,
   Returns:
     (the crops' features and labels, the ids of unreadable images skipped).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   features, labels, pending, skipped = [], [], [], []
 
@@ -416,14 +431,8 @@ def extract_train_crops(root: str, ids: Sequence[str], feature_fn: FeatureFn,
     labels.extend(p[1] for p in pending)
     pending.clear()
 
-  for image_id in tqdm(ids, desc='train features', unit='img',
-                       disable=not progress, mininterval=1.0):
-    try:
-      image, label = voc.load_example(root, image_id, num_classes)
-    except voc.UnreadableImage as e:
-      logging.warning('Skipping %s', e)
-      skipped.append(image_id)
-      continue
+  for _, image, label in readable_examples(root, ids, num_classes, skipped,
+                                           'train features', progress):
     for _ in range(crops_per_image):
       pending.append(random_crop(rng, image, label, image_size))
       if len(pending) == batch_size:
@@ -460,7 +469,6 @@ def evaluate(root: str, ids: Sequence[str], feature_fn: FeatureFn,
     ({protocol: confusion matrix}, ids of unreadable images skipped, the
     kept examples).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   confusion = {p: np.zeros((num_classes, num_classes), np.int64)
                for p in scorers}
   if predictions_dir:
@@ -486,15 +494,9 @@ def evaluate(root: str, ids: Sequence[str], feature_fn: FeatureFn,
         kept.append((image, labels, predictions))
     pending.clear()
 
-  for image_id in tqdm(ids, desc='evaluation', unit='img',
-                       disable=not progress, mininterval=1.0):
-    try:
-      image, labels = voc.load_example(root, image_id, num_classes)
-    except voc.UnreadableImage as e:
-      logging.warning('Skipping %s', e)
-      skipped.append(image_id)
-      continue
-    pending.append((image_id, image, labels))
+  for example in readable_examples(root, ids, num_classes, skipped,
+                                    'evaluation', progress):
+    pending.append(example)
     if len(pending) == batch_size:
       flush()
   if pending:

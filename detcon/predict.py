@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from skimage import color, segmentation
 from skimage import data as skimage_data
 
-from detcon import export, networks, plots
+from detcon import export, networks, plots, records
 
 DEFAULT_IMAGE = 'coffee'  # skimage.data.coffee(): a cup of coffee, 400x600.
 
@@ -157,12 +157,7 @@ def read_class_names(labels_file: str | None, metadata_file: str | None
       raise ValueError('--imagenet_metadata_file needs --labels_file, which '
                        'gives the order of the classes')
     return None
-  texts = {}
-  if metadata_file:
-    with open(metadata_file) as f:
-      for line in f:
-        synset, _, text = line.rstrip('\n').partition('\t')
-        texts[synset.strip()] = text.strip()
+  texts = records.read_synset_texts(metadata_file) if metadata_file else {}
   with open(labels_file) as f:
     synsets = [line.strip() for line in f if line.strip()]
   return [f'{s} {texts[s]}' if s in texts else s for s in synsets]

@@ -152,3 +152,17 @@ def feature_spec():
       'image/class/label': tf.io.FixedLenFeature([], tf.int64),
       MASK_KEY: tf.io.FixedLenFeature([], tf.string, default_value=''),
   }
+
+
+def read_synset_texts(path: str) -> dict[str, str]:
+  """Reads an ImageNet metadata file of `synset<TAB>text` lines.
+
+  Returns:
+    {synset: human readable text} (the `image/class/text` of the records).
+  """
+  texts = {}
+  with open(path) as f:
+    for line in f:
+      synset, _, text = line.rstrip('\n').partition('\t')
+      texts[synset.strip()] = text.strip()
+  return texts
