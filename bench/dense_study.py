@@ -53,6 +53,8 @@ class Scale:
   num_val: int
   scene_size: int  # Generated image side, pixels.
   num_classes: int  # Scene classes, background included.
+  objects_per_image: str  # 'low,high', as detcon.scenes takes it.
+  object_size: str  # 'low,high' fraction of the side, as detcon.scenes.
   encoder: str
   image_size: int  # Pretraining crop side.
   batch_size: int
@@ -109,7 +111,9 @@ def make_scenes(output_dir: str, scale: Scale, seed: int) -> None:
       '-m', 'detcon.scenes', f'--output_dir={scenes_dir(output_dir)}',
       f'--num_train={scale.num_train}', f'--num_val={scale.num_val}',
       f'--image_size={scale.scene_size}',
-      f'--num_classes={scale.num_classes}', f'--seed={seed}'])
+      f'--num_classes={scale.num_classes}',
+      f'--objects_per_image={scale.objects_per_image}',
+      f'--object_size={scale.object_size}', f'--seed={seed}'])
 
 
 def make_records(output_dir: str, scale: Scale, masks: str) -> None:
@@ -387,6 +391,8 @@ _SCALE_HELP = {
     'num_val': 'Generated val scenes (the metrics).',
     'scene_size': 'Generated image side, pixels.',
     'num_classes': 'Scene classes, background included.',
+    'objects_per_image': 'low,high: objects per generated scene.',
+    'object_size': 'low,high: object extent as a fraction of the side.',
     'encoder': 'Encoder of every arm.',
     'image_size': 'Pretraining crop side (a multiple of 32).',
     'batch_size': 'Pretraining batch.',
@@ -402,10 +408,10 @@ _SCALE_HELP = {
 }
 DEFAULT_SCALE = Scale(
     num_train=1000, num_val=200, scene_size=160, num_classes=6,
-    encoder='ResNet18', image_size=128, batch_size=16, steps=300,
-    base_learning_rate=16.0, base_target_ema=0.99, head_size=256,
-    fh_scale=300, fh_min_size=150, eval_image_size=160,
-    eval_crops_per_image=1, eval_linear_steps=500)
+    objects_per_image='3,6', object_size='0.3,0.6', encoder='ResNet18',
+    image_size=128, batch_size=16, steps=120, base_learning_rate=16.0,
+    base_target_ema=0.99, head_size=256, fh_scale=1000, fh_min_size=200,
+    eval_image_size=160, eval_crops_per_image=1, eval_linear_steps=300)
 
 
 def define_scale_flags() -> dict:
