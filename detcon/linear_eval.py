@@ -246,13 +246,15 @@ def run(checkpoint_dir: str, dataset_directory: str | None = None, *,
 
   Returns:
     {'top1', 'top5': fractions in [0, 1], 'num_examples': evaluated images,
-     'pretrain_step': the checkpoint's step, 'eval_split': the split used}.
+     'pretrain_step': the checkpoint's step, 'eval_split': the split used,
+     'skipped_records': records of damaged shards that could not be read
+     (each logged with a warning naming its file), train and evaluation}.
     The same dict is written as JSON to `<checkpoint_dir>/linear_eval.json`.
 
   Raises:
     FileNotFoundError: no checkpoint, or no records.
     ValueError: records whose labels exceed the pretraining classes, or
-      malformed shards.
+      malformed shards (damaged files are all listed at the start).
   """
   from detcon import checkpoint, data  # pylint: disable=g-import-not-at-top
   restored = checkpoint.restore_latest(checkpoint_dir)
@@ -262,6 +264,9 @@ def run(checkpoint_dir: str, dataset_directory: str | None = None, *,
   image_size = image_size or config.image_size
   train_paths = data.find_shards(dataset_directory, 'train')
   eval_paths, eval_split = _eval_shards(dataset_directory, eval_split)
+  # Both splits are checked now: damaged shards stop the run before training.
+  paths = list(dict.fromkeys(train_paths + eval_paths))
+  counts = dict(zip(paths, data.count_records_per_file(paths), strict=True))
   logging.info('Linear evaluation of %s (step %d of %s) at %dx%d: %d steps '
                'of batch %d on %s, evaluation on its %s split.', m.encoder,
                restored['step'], checkpoint_dir, image_size, image_size,
@@ -271,7 +276,8 @@ def run(checkpoint_dir: str, dataset_directory: str | None = None, *,
                                  m.bn_decay, m.bn_eps)
   train_batches = data.make_eval_dataset(
       train_paths, batch_size=batch_size, image_size=image_size,
-      mode='random', seed=seed).as_numpy_iterator()
+      mode='random', seed=seed,
+      record_counts=[counts[p] for p in train_paths]).as_numpy_iterator()
   classifier = train_linear(
       features_fn, _checked(train_batches, config.num_classes),
       num_classes=config.num_classes, num_steps=num_steps,
@@ -279,11 +285,13 @@ def run(checkpoint_dir: str, dataset_directory: str | None = None, *,
       log_every=max(num_steps // 10, 1))
   eval_batches = data.make_eval_dataset(
       eval_paths, batch_size=batch_size, image_size=image_size,
-      mode='center').as_numpy_iterator()
+      mode='center',
+      record_counts=[counts[p] for p in eval_paths]).as_numpy_iterator()
   result = evaluate(features_fn, classifier,
                     _padded(_checked(eval_batches, config.num_classes),
                             batch_size))
-  result.update(pretrain_step=restored['step'], eval_split=eval_split)
+  result.update(pretrain_step=restored['step'], eval_split=eval_split,
+                skipped_records=data.skipped_records(paths))
   with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
     f.write(json.dumps(result, sort_keys=True) + '\n')
   return result

@@ -136,20 +136,26 @@ def mock_batches(config, local_devices: int, per_device: int):
 
 
 def real_batches(config, local_devices: int, per_device: int):
-  """The tf.data pipeline over this process's share of the train shards."""
+  """The tf.data pipeline over this process's share of the train shards.
+
+  Every shard is checked and counted first (its count is what the pipeline
+  expects of it): damaged shards raise one ValueError that lists them.
+  """
   # Imported here: TensorFlow loads only for runs that read records.
   from detcon import data  # pylint: disable=g-import-not-at-top
   data.hide_gpus_from_tf()
   paths = data.find_shards(config.dataset_directory, 'train')
-  if not config.num_train_images:
-    config.num_train_images = data.count_records(paths)
-    logging.info('Counted %d training records in %d shards.',
-                 config.num_train_images, len(paths))
+  # Always: damaged shards stop the run here, before any step.
+  counts = data.count_records_per_file(paths)
+  logging.info('Counted %d training records in %d shards.', sum(counts),
+               len(paths))
+  config.num_train_images = config.num_train_images or sum(counts)
   ds = data.make_pretrain_dataset(
       paths, per_device_batch=per_device, local_devices=local_devices,
       image_size=config.image_size,
       fh_mask_to_use=config.detcon.fh_mask_to_use, seed=config.seed,
-      shuffle_buffer_batches=config.shuffle_buffer_batches)
+      shuffle_buffer_batches=config.shuffle_buffer_batches,
+      record_counts=counts)
   return ds.as_numpy_iterator()
 
 
@@ -224,6 +230,7 @@ def run(config) -> dict[str, float]:
       metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
       metrics['step_time_s'] = (now - last_log) / (step - log_step)
       metrics['images_per_s'] = config.batch_size / metrics['step_time_s']
+      metrics['skipped_records'] = _skipped_records(config)
       _log_metrics(step, metrics, writer, progress)
       last_log, log_step = now, step
     if manager and (now - last_save >= config.save_checkpoint_interval):
@@ -255,6 +262,14 @@ def _summary_writer(config):
     return None
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   return SummaryWriter(os.path.join(config.checkpoint_dir, 'tensorboard'))
+
+
+def _skipped_records(config) -> int:
+  """Records of this process's shards it could not read (0 on mock data)."""
+  if config.mock_data:
+    return 0
+  from detcon import data  # pylint: disable=g-import-not-at-top
+  return data.skipped_records()
 
 
 def _log_metrics(step, metrics, writer, progress):
