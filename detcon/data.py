@@ -273,13 +273,12 @@ def _masked_crc32c(data: bytes) -> int:
 def skipped_records(paths: list[str] | None = None) -> int:
   """Records this process could not read so far, over all its pipelines.
 
-  The pipelines read each file with its errors ignored and compare the
-  records read with the file's count from `count_records_per_file`; a file
-  that ends early (a record whose checksum fails: TensorFlow stops reading a
-  file there; or damaged since it was counted) adds its missing records here
-  once, however many epochs read it, and logs one warning that names it.
-  With fewer files than processes, a process counts only its own share of
-  each file's records.
+  The pipelines read each file with its errors ignored and expect its count
+  from `count_records_per_file`; a file that ends early (a record whose
+  checksum fails: TensorFlow stops reading a file there; or damaged since it
+  was counted) adds its missing records here once, however many epochs read
+  it, and logs one warning that names it. With fewer files than processes, a
+  process counts only its own share of each file's records.
 
   Args:
     paths: count only these files; None: every file.
@@ -294,28 +293,31 @@ _skipped_lock = threading.Lock()
 _skipped_by_file: dict[str, int] = {}
 
 
-def _note_skipped(path, skipped, expected_by_path):
-  """Counts the unread records of a file and warns once (for py_function).
+def _note_short_file(path, expected, share):
+  """Counts the records a file lost and warns, once per file.
+
+  Called (through `tf.py_function`) when a file ended before its expected
+  records; reads the file again, once, to count the records it still yields.
 
   Args:
-    path: tf.string scalar tensor, the file.
-    skipped: int64 scalar tensor, its records not read (> 0).
-    expected_by_path: {path: records expected from it}.
-
-  Returns:
-    False (the end marker is dropped).
+    path: the file.
+    expected: records this process expected from it.
+    share: maps the records a whole file yields to this process's share.
   """
-  path = path.numpy().decode()
-  skipped, expected = int(skipped), expected_by_path[path]
   with _skipped_lock:
-    first = path not in _skipped_by_file
+    if path in _skipped_by_file:
+      return
+  ds = tf.data.TFRecordDataset(path).ignore_errors()
+  readable = int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+  skipped = max(expected - share(readable), 0)
+  with _skipped_lock:
+    if path in _skipped_by_file:
+      return
     _skipped_by_file[path] = skipped
-  if first:
-    logging.warning(
-        '%s: %d of the %d records expected from it could not be read (the '
-        'file is damaged); they are skipped. To remake the file, %s.', path,
-        skipped, expected, REMAKE)
-  return False
+  logging.warning(
+      '%s: %d of the %d records expected from it could not be read (the file '
+      'is damaged); they are skipped. To remake the file, %s.', path,
+      skipped, expected, REMAKE)
 
 
 def check_dataset(paths: list[str], fh_mask_to_use: int | None = None):
@@ -536,10 +538,12 @@ def _read(paths, *, process_index, process_count, shuffle, seed,
   Files are split over processes (`paths[i::count]`); with fewer files than
   processes every file is read and its records are split instead. With
   `shuffle` the file order is shuffled every epoch and the stream repeats.
-  Each file is read with its errors ignored (a damaged file ends early), then
-  its records read are compared with `record_counts` (None: counted here,
-  which raises ValueError on damaged files): the missing ones go to
-  `skipped_records()` with a warning.
+  Each file is read with its errors ignored (a damaged file ends early) and
+  is expected to yield its count from `record_counts` (None: counted here,
+  which raises ValueError on damaged files); one that yields fewer is noted
+  in `skipped_records()` with a warning. Whole files cost nothing more per
+  record: the note is a dataset concatenated after the file's records, only
+  reached when they run short of the count.
   """
   paths = list(paths)
   if not paths:
@@ -554,61 +558,39 @@ def _read(paths, *, process_index, process_count, shuffle, seed,
   if process_count is None:
     process_count = jax.process_count()
   shard_records = len(paths) < process_count
-  if shard_records:  # This process's share: records index, index + count...
-    counts = [len(range(process_index, n, process_count)) for n in counts]
+
+  def share(n):  # Of the records 0..n-1 of a file, those of this process.
+    return len(range(process_index, n, process_count)) if shard_records else n
+
+  if shard_records:
+    counts = [share(n) for n in counts]
   else:
     paths = paths[process_index::process_count]
     counts = counts[process_index::process_count]
 
+  def note_short_file(path, expected):
+    _note_short_file(path.numpy().decode(), int(expected), share)
+    return path
+
   def read_file(path, expected):
+    """The file's records; when it ends early, notes it and stops there."""
     ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()
     if shard_records:
       ds = ds.shard(process_count, process_index)
-    return _with_end_marker(ds, path, expected)
-
-  expected_by_path = dict(zip(paths, counts, strict=True))
-
-  def keep(value, skipped):
-    """True for records; False for end markers, noting skipped records."""
-    def note():
-      return tf.ensure_shape(tf.py_function(
-          lambda path, n: _note_skipped(path, n, expected_by_path),
-          [value, skipped], tf.bool), [])
-    return tf.case([(skipped < 0, lambda: tf.constant(True)),
-                    (skipped > 0, note)], default=lambda: tf.constant(False))
+    # Pulled only when fewer than `expected` records came: yields nothing.
+    short = tf.data.Dataset.from_tensors((path, expected)).map(
+        lambda p, n: tf.ensure_shape(
+            tf.py_function(note_short_file, [p, n], tf.string), []))
+    return ds.concatenate(short.filter(lambda _: False)).take(expected)
 
   files = tf.data.Dataset.from_tensor_slices(
       (paths, tf.constant(counts, tf.int64)))
   if shuffle:
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     files = files.repeat()
-  ds = files.interleave(read_file, cycle_length=min(len(paths), 16),
-                        block_length=1, num_parallel_calls=AUTOTUNE,
-                        deterministic=True)
-  return ds.filter(keep).map(lambda value, _: value)
-
-
-def _with_end_marker(records, path, expected):
-  """Pairs records with -1, then appends `(path, records not read)`.
-
-  Args:
-    records: tf.string dataset, the records read from the file `path`.
-    path: tf.string scalar.
-    expected: int64 scalar, the records `records` should hold.
-
-  Returns:
-    A dataset of `(tf.string, int64)`: `(record, -1)` for each record, then
-    one end marker `(path, max(expected - records read, 0))`.
-  """
-  items = records.map(lambda r: (r, False)).concatenate(
-      tf.data.Dataset.from_tensors((path, True)))
-
-  def count(read, item):
-    value, is_end = item
-    skipped = tf.where(is_end, tf.maximum(expected - read, 0), -1)
-    return read + 1, (value, skipped)
-
-  return items.scan(tf.constant(0, tf.int64), count)
+  return files.interleave(read_file, cycle_length=min(len(paths), 16),
+                          block_length=1, num_parallel_calls=AUTOTUNE,
+                          deterministic=True)
 
 
 def make_pretrain_dataset(
