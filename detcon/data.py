@@ -19,14 +19,24 @@ Bad records fail with a message that names the problem, the file and the fix:
 `check_dataset` reads the first record eagerly (ValueError) and every record
 is checked again inside the pipeline (`tf.errors.InvalidArgumentError` with
 the same text, raised when its batch is produced).
+
+Damaged files (cut short, not TFRecords: a partial copy, a disk error) are
+found before training: `count_records_per_file` checks every file and lists
+all damaged ones in one ValueError with how to remake them. A record that
+turns out unreadable later (its checksum fails) ends its file's reading
+without failing the pipeline; the records lost are logged once per file and
+counted by `skipped_records`.
 """
 
+import concurrent.futures
 import os
 import re
 import struct
+import threading
 
 import jax
 import tensorflow as tf
+from absl import logging
 
 from detcon import masks as masks_lib
 from detcon import records
@@ -37,6 +47,9 @@ CROP_AREA = (0.08, 1.0)  # Fraction of the image area.
 CROP_ASPECT = (3 / 4, 4 / 3)  # Width / height.
 EVAL_CROP_PADDING = 32
 FIX = 'regenerate the records with generate_fh_masks_for_imagenet.py'
+REMAKE = ('delete it and rerun generate_fh_masks_for_imagenet.py with the same '
+          'flags (it resumes, writing only the missing shards)')
+_SCAN_THREADS = 16  # Files checked at once by count_records_per_file.
 ERR_NO_MASKS = (f'record without FH masks (empty {records.MASK_KEY}): the '
                 f'records were written without segmentations; {FIX}')
 ERR_MASK_SIZE = ('FH mask size differs from its image (image/height x '
@@ -129,43 +142,195 @@ def _listing(items, limit=8):
 def count_records(paths: list[str]) -> int:
   """Counts the records of TFRecord files (e.g. for the epoch size).
 
-  Local files are counted from the record headers (length prefixes) without
-  reading the payload, which takes seconds for ImageNet; other file systems
-  are read through tf.data.
+  Raises:
+    ValueError: damaged files, as `count_records_per_file`.
   """
-  local = [p for p in paths if '://' not in p]
-  remote = [p for p in paths if '://' in p]
-  count = sum(_count_local_records(p) for p in local)
-  if remote:
-    ds = tf.data.TFRecordDataset(remote, num_parallel_reads=AUTOTUNE)
-    count += int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
-  return count
+  return sum(count_records_per_file(paths))
+
+
+def count_records_per_file(paths: list[str]) -> list[int]:
+  """Checks that every file is whole and counts its records.
+
+  Local files are checked from their record headers (length and its
+  checksum) without reading the payload, which takes seconds for ImageNet;
+  other file systems (`gs://...`) are read through tf.data, which also checks
+  each payload's checksum. Files are scanned by `_SCAN_THREADS` threads.
+
+  Args:
+    paths: TFRecord files.
+
+  Returns:
+    The number of records of each file, in the order of `paths`.
+
+  Raises:
+    ValueError: one or more damaged files (truncated, not a TFRecord file,
+      corrupt), all listed in one message with how to remake them.
+  """
+  def scan(path):
+    counter = (_count_remote_records if '://' in path
+               else _count_local_records)
+    try:
+      return counter(path), None
+    except _DamagedFileError as e:
+      return 0, f'{path}: {e}'
+
+  with concurrent.futures.ThreadPoolExecutor(_SCAN_THREADS) as pool:
+    results = list(pool.map(scan, paths))
+  damaged = [problem for _, problem in results if problem]
+  if damaged:
+    raise ValueError(
+        f'{len(damaged)} of {len(paths)} TFRecord files are damaged:\n  '
+        + '\n  '.join(damaged) + f'\nTo remake a damaged file, {REMAKE}.')
+  return [count for count, _ in results]
+
+
+class _DamagedFileError(Exception):
+  """A TFRecord file that cannot be read whole; the message says why."""
 
 
 def _count_local_records(path):
-  """Counts records by hopping over `length, crc, data, crc` frames."""
+  """Counts records by hopping over `length, crc, data, crc` frames.
+
+  Checks each frame's length against its checksum and the file size.
+
+  Raises:
+    _DamagedFileError: a frame cut short or a bad length checksum.
+  """
   count = 0
   size = os.path.getsize(path)
   with open(path, 'rb') as f:
     while f.tell() < size:
-      header = f.read(12)  # uint64 length, uint32 crc of the length.
+      start = f.tell()
+      header = f.read(12)  # uint64 length, uint32 masked crc32c of it.
       if len(header) < 12:
-        raise ValueError(f'{path} is truncated or not a TFRecord file')
-      (length,) = struct.unpack('<Q', header[:8])
-      f.seek(length + 4, os.SEEK_CUR)
-      if f.tell() > size:
-        raise ValueError(f'{path} is truncated or not a TFRecord file')
+        raise _DamagedFileError(
+            f'truncated: the file ends ({size} bytes) inside the header of '
+            f'record {count} at byte {start}')
+      length, crc = struct.unpack('<QI', header)
+      if crc != _masked_crc32c(header[:8]):
+        raise _DamagedFileError(
+            'not a TFRecord file' if count == 0 else
+            f'corrupt header of record {count} at byte {start}')
+      end = start + 12 + length + 4  # Payload and its crc.
+      if end > size:
+        raise _DamagedFileError(
+            f'truncated: record {count} at byte {start} needs {end} bytes, '
+            f'the file has {size}')
+      f.seek(end)
       count += 1
   return count
 
 
+def _count_remote_records(path):
+  """Counts records through tf.data (any file system; checks payloads).
+
+  The frames read must fill the file: TensorFlow takes a file that ends
+  inside a record header for a whole one.
+
+  Raises:
+    _DamagedFileError: a record cut short or with a bad checksum.
+  """
+  def add(totals, record):  # (records, bytes); a frame adds 16 bytes.
+    length = tf.cast(tf.strings.length(record), tf.int64)
+    return totals[0] + 1, totals[1] + length + 16
+
+  zero = tf.constant(0, tf.int64)
+  try:
+    count, size = tf.data.TFRecordDataset(path, buffer_size=8 << 20).reduce(
+        (zero, zero), add)
+  except tf.errors.DataLossError as e:
+    # The message's reason, without the op's names around it.
+    reason = re.sub(r'\{\{.*?\}\}|\[Op:.*', '', e.message).strip()
+    raise _DamagedFileError(reason) from e
+  file_size = tf.io.gfile.stat(path).length
+  if int(size) != file_size:
+    raise _DamagedFileError(
+        f'truncated: {file_size - int(size)} bytes after the last whole record '
+        f'(byte {int(size)})')
+  return int(count)
+
+
+def _crc32c_table():
+  """The byte table of CRC-32C (Castagnoli, reflected polynomial)."""
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    table.append(crc)
+  return tuple(table)
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+  """The masked CRC-32C that TFRecord frames store (uint32)."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def skipped_records(paths: list[str] | None = None) -> int:
+  """Records this process could not read so far, over all its pipelines.
+
+  The pipelines read each file with its errors ignored and expect its count
+  from `count_records_per_file`; a file that ends early (a record whose
+  checksum fails: TensorFlow stops reading a file there; or damaged since it
+  was counted) adds its missing records here once, however many epochs read
+  it, and logs one warning that names it. With fewer files than processes, a
+  process counts only its own share of each file's records.
+
+  Args:
+    paths: count only these files; None: every file.
+  """
+  with _skipped_lock:
+    if paths is None:
+      return sum(_skipped_by_file.values())
+    return sum(_skipped_by_file.get(p, 0) for p in set(paths))
+
+
+_skipped_lock = threading.Lock()
+_skipped_by_file: dict[str, int] = {}
+
+
+def _note_short_file(path, expected, share):
+  """Counts the records a file lost and warns, once per file.
+
+  Called (through `tf.py_function`) when a file ended before its expected
+  records; reads the file again, once, to count the records it still yields.
+
+  Args:
+    path: the file.
+    expected: records this process expected from it.
+    share: maps the records a whole file yields to this process's share.
+  """
+  with _skipped_lock:
+    if path in _skipped_by_file:
+      return
+  ds = tf.data.TFRecordDataset(path).ignore_errors()
+  readable = int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+  skipped = max(expected - share(readable), 0)
+  with _skipped_lock:
+    if path in _skipped_by_file:
+      return
+    _skipped_by_file[path] = skipped
+  logging.warning(
+      '%s: %d of the %d records expected from it could not be read (the file '
+      'is damaged); they are skipped. To remake the file, %s.', path,
+      skipped, expected, REMAKE)
+
+
 def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
                   masks: str = 'fh') -> dict:
-  """Checks the first record of `paths` eagerly, to fail before training.
+  """Checks the first readable record of `paths` eagerly, to fail early.
 
   Args:
     paths: TFRecord files; the first record of the first non-empty one is
-      read.
+      read. Files whose first record cannot be read are passed over: the
+      pipelines skip them with a warning.
     fh_mask_to_use: the mask channel that will be used (checked to exist).
     masks: one of `masks.SOURCES`. For the records' masks ('fh', 'slic',
       'ground_truth'), the masks are decoded and checked, and a record that
@@ -178,7 +343,7 @@ def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
     no class), 'mask_source': the method it names, or None}`.
 
   Raises:
-    ValueError: no records, an unreadable file, a bad first record (no
+    ValueError: no readable records, a bad first record (no
       masks, masks of another size than the image, wrong label...), or masks
       made by another method than `masks`, with a message that says how to
       fix it.
@@ -186,14 +351,19 @@ def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
   hide_gpus_from_tf()
   _check_masks_setting(masks)
   serialized = path = None
+  damaged = []  # Files whose first record is unreadable: passed over.
   for path in paths:
     try:
       serialized = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
-    except tf.errors.DataLossError as e:
-      raise ValueError(f'{path} is not a TFRecord file or is corrupt: '
-                       f'{e.message}') from e
+    except tf.errors.DataLossError:
+      damaged.append(path)
+      continue
     if serialized is not None:
       break
+  if serialized is None and damaged:
+    raise ValueError(f'no readable records: the first record of '
+                     f'{_listing(damaged)} is damaged; to remake a damaged '
+                     f'file, {REMAKE}')
   if serialized is None:
     raise ValueError(f'no records in {_listing(list(paths))}; {FIX}')
   try:
@@ -427,31 +597,60 @@ def _element_seed(seed, process_index, index):
   return tf.random.experimental.stateless_fold_in(base, index)
 
 
-def _read(paths, *, process_index, process_count, shuffle, seed):
+def _read(paths, *, process_index, process_count, shuffle, seed,
+          record_counts):
   """Serialized records of this process: `tf.data.Dataset` of tf.string.
 
   Files are split over processes (`paths[i::count]`); with fewer files than
   processes every file is read and its records are split instead. With
   `shuffle` the file order is shuffled every epoch and the stream repeats.
+  Each file is read with its errors ignored (a damaged file ends early) and
+  is expected to yield its count from `record_counts` (None: counted here,
+  which raises ValueError on damaged files); one that yields fewer is noted
+  in `skipped_records()` with a warning. Whole files cost nothing more per
+  record: the note is a dataset concatenated after the file's records, only
+  reached when they run short of the count.
   """
   paths = list(paths)
   if not paths:
     raise ValueError('no TFRecord paths given; use find_shards()')
+  if record_counts is None:
+    record_counts = count_records_per_file(paths)
+  counts = list(record_counts)
+  if len(counts) != len(paths):
+    raise ValueError(f'{len(counts)} record counts for {len(paths)} files')
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
     process_count = jax.process_count()
   shard_records = len(paths) < process_count
-  if not shard_records:
-    paths = paths[process_index::process_count]
 
-  def read_file(path):
-    ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+  def share(n):  # Of the records 0..n-1 of a file, those of this process.
+    return len(range(process_index, n, process_count)) if shard_records else n
+
+  if shard_records:
+    counts = [share(n) for n in counts]
+  else:
+    paths = paths[process_index::process_count]
+    counts = counts[process_index::process_count]
+
+  def note_short_file(path, expected):
+    _note_short_file(path.numpy().decode(), int(expected), share)
+    return path
+
+  def read_file(path, expected):
+    """The file's records; when it ends early, notes it and stops there."""
+    ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()
     if shard_records:
       ds = ds.shard(process_count, process_index)
-    return ds
+    # Pulled only when fewer than `expected` records came: yields nothing.
+    short = tf.data.Dataset.from_tensors((path, expected)).map(
+        lambda p, n: tf.ensure_shape(
+            tf.py_function(note_short_file, [p, n], tf.string), []))
+    return ds.concatenate(short.filter(lambda _: False)).take(expected)
 
-  files = tf.data.Dataset.from_tensor_slices(paths)
+  files = tf.data.Dataset.from_tensor_slices(
+      (paths, tf.constant(counts, tf.int64)))
   if shuffle:
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     files = files.repeat()
@@ -465,7 +664,8 @@ def make_pretrain_dataset(
     image_size: int = 224, fh_mask_to_use: int | None = None, seed: int = 0,
     process_index: int | None = None, process_count: int | None = None,
     shuffle_buffer_batches: int = 10, masks: str = 'fh',
-    grid_size: int = 4) -> tf.data.Dataset:
+    grid_size: int = 4,
+    record_counts: list[int] | None = None) -> tf.data.Dataset:
   """The infinite DetCon pretraining stream of this JAX process (SPEC 2).
 
   Args:
@@ -489,6 +689,9 @@ def make_pretrain_dataset(
       without masks). Either way the masks are cropped, flipped and resized
       with the view by the same code.
     grid_size: n of the 'grid' masks (n x n rectangles).
+    record_counts: records of each file of `paths`
+      (`count_records_per_file`); None counts them here. A file that yields
+      fewer is skipped past with a warning (see `skipped_records`).
 
   Returns:
     A dataset of dicts, with L = local_devices, B = per_device_batch:
@@ -498,14 +701,15 @@ def make_pretrain_dataset(
       `labels`: int32 `[L, B]`, 0-based (record label - 1; -1: no class).
   """
   hide_gpus_from_tf()
-  check_dataset(paths, fh_mask_to_use, masks)
   if masks == 'grid' and grid_size < 1:
     raise ValueError(f'grid_size={grid_size}: use n >= 1 (n x n rectangles)')
   use_grid = masks == 'grid'
   index = jax.process_index() if process_index is None else process_index
   batch = per_device_batch * local_devices
+  # Counting first lists every damaged file; the check then passes over them.
   ds = _read(paths, process_index=process_index, process_count=process_count,
-             shuffle=True, seed=seed)
+             shuffle=True, seed=seed, record_counts=record_counts)
+  check_dataset(paths, fh_mask_to_use, masks)
   ds = ds.shuffle(shuffle_buffer_batches * batch, seed=seed)
   ds = ds.enumerate()
 
@@ -535,8 +739,8 @@ def make_pretrain_dataset(
 def make_eval_dataset(
     paths: list[str], *, batch_size: int, image_size: int = 224,
     mode: str = 'center', seed: int = 0, process_index: int | None = None,
-    process_count: int | None = None,
-    shuffle_buffer_batches: int = 10) -> tf.data.Dataset:
+    process_count: int | None = None, shuffle_buffer_batches: int = 10,
+    record_counts: list[int] | None = None) -> tf.data.Dataset:
   """Images and labels for linear evaluation (no masks are decoded).
 
   Args:
@@ -551,6 +755,7 @@ def make_eval_dataset(
     process_index, process_count: default `jax.process_index()`,
       `jax.process_count()`.
     shuffle_buffer_batches: shuffle buffer in batches ('random' only).
+    record_counts: records of each file, as in `make_pretrain_dataset`.
 
   Returns:
     A dataset of dicts: `images` float32 `[batch, S, S, 3]` in [0, 1],
@@ -562,7 +767,7 @@ def make_eval_dataset(
   index = jax.process_index() if process_index is None else process_index
   random = mode == 'random'
   ds = _read(paths, process_index=process_index, process_count=process_count,
-             shuffle=random, seed=seed)
+             shuffle=random, seed=seed, record_counts=record_counts)
   if random:
     ds = ds.shuffle(shuffle_buffer_batches * batch_size, seed=seed)
   ds = ds.enumerate()

@@ -197,6 +197,11 @@ def _checked(batches: Iterable[Batch], num_classes: int,
              fix: str = _CHECKPOINT_FIX) -> Iterator[Batch]:
   """Passes batches through; fails on a label the classifier cannot hold."""
   for batch in batches:
+    if int(np.min(batch['labels'])) < 0:
+      raise ValueError(
+          'the records hold images without a class (label 0, e.g. a flat '
+          'folder through the mask script): linear evaluation needs labelled '
+          'records, such as the ImageNet layout (one folder per class)')
     top = int(np.max(batch['labels']))
     if top >= num_classes:
       raise ValueError(
@@ -282,8 +287,8 @@ def _from_npy(npy: str, encoder: str | None) -> _Source:
 def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
         num_steps: int, batch_size: int, learning_rate: float,
         image_size: int | None = None, eval_split: str = 'validation',
-        seed: int = 0, npy: str | None = None,
-        encoder: str | None = None) -> dict[str, Any]:
+        seed: int = 0, npy: str | None = None, encoder: str | None = None,
+        num_classes: int | None = None) -> dict[str, Any]:
   """Linear evaluation of a pretraining run's newest checkpoint or a `.npy`.
 
   Args:
@@ -303,17 +308,24 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
       (`export.load_pretrained`; BatchNorm eps 1e-5).
     encoder: with `npy`, the encoder to check the file against; None:
       inferred from its shapes.
+    num_classes: classes of the linear classifier; None: the pretraining
+      run's (`config.num_classes`) or the `.npy` file's classifier's. Needed
+      for a run pretrained without classes (`num_classes` 0, e.g. COCO).
 
   Returns:
     {'top1', 'top5': fractions in [0, 1], 'num_examples': evaluated images,
-     'eval_split': the split used, and 'pretrain_step': the checkpoint's step
+     'eval_split': the split used, 'num_classes': the classifier's classes,
+     'skipped_records': records of damaged
+     shards that could not be read (each logged with a warning naming its
+     file), train and evaluation, and 'pretrain_step': the checkpoint's step
      or 'npy': the file}. From a checkpoint, the same dict is written as JSON
     to `<checkpoint_dir>/linear_eval.json`.
 
   Raises:
     FileNotFoundError: no checkpoint, `.npy` file or records.
     ValueError: records whose labels exceed the classifier's classes, a
-      `.npy` file that does not fit, or malformed shards.
+      `.npy` file that does not fit, or malformed shards (damaged files are
+      all listed at the start).
   """
   from detcon import data  # pylint: disable=g-import-not-at-top
   if npy:
@@ -325,9 +337,21 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
     source = _from_checkpoint(checkpoint_dir)
   dataset_directory = dataset_directory or source.dataset_directory
   image_size = image_size or source.image_size
-  num_classes, fix = source.num_classes, source.fix
+  fix = source.fix
+  if num_classes:
+    fix = 'set --num_classes to the number of classes of the records'
+  else:
+    num_classes = source.num_classes
+  if num_classes < 1:
+    raise ValueError(
+        f'{source.name} was pretrained without classes (num_classes 0, e.g. '
+        'on COCO); give --num_classes, the number of classes of the records '
+        'to evaluate on')
   train_paths = data.find_shards(dataset_directory, 'train')
   eval_paths, eval_split = _eval_shards(dataset_directory, eval_split)
+  # Both splits are checked now: damaged shards stop the run before training.
+  paths = list(dict.fromkeys(train_paths + eval_paths))
+  counts = dict(zip(paths, data.count_records_per_file(paths), strict=True))
   logging.info('Linear evaluation of %s (%s) at %dx%d: %d steps of batch %d '
                'on %s, evaluation on its %s split.', source.encoder,
                source.name, image_size, image_size, num_steps, batch_size,
@@ -337,7 +361,8 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
                                  source.bn_eps)
   train_batches = data.make_eval_dataset(
       train_paths, batch_size=batch_size, image_size=image_size,
-      mode='random', seed=seed).as_numpy_iterator()
+      mode='random', seed=seed,
+      record_counts=[counts[p] for p in train_paths]).as_numpy_iterator()
   classifier = train_linear(
       features_fn, _checked(train_batches, num_classes, fix),
       num_classes=num_classes, num_steps=num_steps,
@@ -345,11 +370,13 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
       log_every=max(num_steps // 10, 1))
   eval_batches = data.make_eval_dataset(
       eval_paths, batch_size=batch_size, image_size=image_size,
-      mode='center').as_numpy_iterator()
+      mode='center',
+      record_counts=[counts[p] for p in eval_paths]).as_numpy_iterator()
   result = evaluate(features_fn, classifier,
                     _padded(_checked(eval_batches, num_classes, fix),
                             batch_size))
-  result.update(source.result, eval_split=eval_split)
+  result.update(source.result, eval_split=eval_split, num_classes=num_classes,
+                skipped_records=data.skipped_records(paths))
   if not npy:
     with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
       f.write(json.dumps(result, sort_keys=True) + '\n')
@@ -378,6 +405,11 @@ def _define_flags() -> None:
       'num_steps', 10_000, 'SGD steps of the linear classifier. BYOL trains '
       '80 epochs at batch 1024 (100,000 steps on ImageNet).', lower_bound=1)
   flags.DEFINE_integer('batch_size', 256, 'Images per batch.', lower_bound=1)
+  flags.DEFINE_integer(
+      'num_classes', None, 'Classes of the linear classifier; default: the '
+      'pretraining run\'s --config.num_classes (with --npy: the file\'s '
+      'classifier\'s, or 1000). Required for a run pretrained without '
+      'classes (num_classes 0, e.g. COCO).', lower_bound=1)
   flags.DEFINE_float(
       'learning_rate', 0.2, 'Peak learning rate of SGD (Nesterov momentum '
       '0.9, cosine decay to 0, no weight decay); BYOL picks the best of 0.4, '
@@ -405,7 +437,8 @@ def main(argv):
     result = run(f.checkpoint_dir, f.dataset_directory,
                  num_steps=f.num_steps, batch_size=f.batch_size,
                  learning_rate=f.learning_rate, image_size=f.image_size,
-                 eval_split=f.eval_split, npy=f.npy, encoder=f.encoder)
+                 eval_split=f.eval_split, npy=f.npy, encoder=f.encoder,
+                 num_classes=f.num_classes)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'detcon.linear_eval: error: {e}')
   print(json.dumps(result, sort_keys=True), flush=True)

@@ -165,15 +165,22 @@ def mock_batches(config, local_devices: int, per_device: int):
 def real_batches(config, local_devices: int, per_device: int):
   """The tf.data pipeline over this process's share of the train shards.
 
-  Reads the first record before anything is built: records made with other
-  masks than `config.masks` fail here, and when that record carries label 0
-  (no class, e.g. a flat COCO folder) the online classifier is turned off
+  Every shard is checked and counted first (its count is what the pipeline
+  expects of it): damaged shards raise one ValueError that lists them. Then
+  the first record is read: records made with other masks than
+  `config.masks` fail here, and when that record carries label 0 (no class,
+  e.g. a flat COCO folder) the online classifier is turned off
   (`config.num_classes = 0`).
   """
   # Imported here: TensorFlow loads only for runs that read records.
   from detcon import data  # pylint: disable=g-import-not-at-top
   data.hide_gpus_from_tf()
   paths = data.find_shards(config.dataset_directory, 'train')
+  # Always: damaged shards stop the run here, before any step.
+  counts = data.count_records_per_file(paths)
+  logging.info('Counted %d training records in %d shards.', sum(counts),
+               len(paths))
+  config.num_train_images = config.num_train_images or sum(counts)
   first = data.check_dataset(paths, config.detcon.fh_mask_to_use,
                              config.masks)
   if config.masks != 'grid' and first['mask_source'] is None:
@@ -186,16 +193,12 @@ def real_batches(config, local_devices: int, per_device: int):
                  'the online classifier is off (num_classes 0, classif_loss '
                  '0, no top1).', first['path'])
     config.num_classes = 0
-  if not config.num_train_images:
-    config.num_train_images = data.count_records(paths)
-    logging.info('Counted %d training records in %d shards.',
-                 config.num_train_images, len(paths))
   ds = data.make_pretrain_dataset(
       paths, per_device_batch=per_device, local_devices=local_devices,
       image_size=config.image_size,
       fh_mask_to_use=config.detcon.fh_mask_to_use, seed=config.seed,
       shuffle_buffer_batches=config.shuffle_buffer_batches,
-      masks=config.masks, grid_size=config.grid_size)
+      masks=config.masks, grid_size=config.grid_size, record_counts=counts)
   return ds.as_numpy_iterator()
 
 
@@ -279,6 +282,7 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
       now = time.time()
       metrics['step_time_s'] = (now - last_log) / (step - log_step)
       metrics['images_per_s'] = config.batch_size / metrics['step_time_s']
+      metrics['skipped_records'] = _skipped_records(config)
       _log_metrics(step, metrics, writer)
       last_log, log_step = now, step
     progress.update(step, device_metrics, metrics if logged else None)
@@ -395,6 +399,14 @@ def _summary_writer(config):
     return None
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   return SummaryWriter(os.path.join(config.checkpoint_dir, 'tensorboard'))
+
+
+def _skipped_records(config) -> int:
+  """Records of this process's shards it could not read (0 on mock data)."""
+  if config.mock_data:
+    return 0
+  from detcon import data  # pylint: disable=g-import-not-at-top
+  return data.skipped_records()
 
 
 def _log_metrics(step, metrics, writer):

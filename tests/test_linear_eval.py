@@ -170,6 +170,8 @@ def test_cli_prints_and_writes_result(pretrained, tmp_path):
   assert printed['pretrain_step'] == demo.QUICK.pretrain_steps
   assert printed['eval_split'] == 'train'
   assert printed['num_examples'] == 12  # Every train record, once.
+  assert printed['num_classes'] == demo.QUICK.num_classes
+  assert printed['skipped_records'] == 0
   assert 0 <= printed['top1'] <= printed['top5'] <= 1
   assert 'at 32x32: 3 steps of batch 5' in result.stderr
   assert 'linear eval step 3/3' in result.stderr
@@ -208,8 +210,9 @@ def test_cli_without_checkpoint_fails_clearly(tmp_path, make_dir, message):
 
 def test_cli_help_documents_every_flag():
   result = _cli('--help')
-  for flag in ('checkpoint_dir', 'dataset_directory', 'num_steps',
-               'batch_size', 'learning_rate', 'image_size', 'eval_split'):
+  for flag in ('checkpoint_dir', 'npy', 'encoder', 'dataset_directory',
+               'num_steps', 'batch_size', 'num_classes', 'learning_rate',
+               'image_size', 'eval_split'):
     assert f'--{flag}' in result.stdout, flag
 
 
@@ -220,6 +223,31 @@ def test_labels_beyond_the_pretraining_classes_fail_clearly():
   with pytest.raises(ValueError,
                      match=r'label 4 \(1-based\).*num_classes=3'):
     next(checked)
+
+
+def test_records_without_classes_fail_clearly():
+  checked = linear_eval._checked([{'labels': np.array([0, -1])}], 3)
+  with pytest.raises(ValueError, match='without a class'):
+    next(checked)
+
+
+def test_num_classes_overrides_and_is_required_without_pretraining_classes(
+    pretrained, tmp_path, monkeypatch):
+  ckpt = _own_checkpoints(pretrained, tmp_path)
+  result = linear_eval.run(ckpt, num_steps=1, batch_size=4,
+                           learning_rate=0.01, image_size=32,
+                           eval_split='train', num_classes=9)
+  assert result['num_classes'] == 9
+  # A run pretrained without classes (e.g. on COCO) needs --num_classes.
+  real = linear_eval._from_checkpoint
+  monkeypatch.setattr(linear_eval, '_from_checkpoint',
+                      lambda d: real(d)._replace(num_classes=0))
+  with pytest.raises(ValueError, match='pretrained without classes.*'
+                     '--num_classes'):
+    linear_eval.run(ckpt, num_steps=1, batch_size=4, learning_rate=0.01)
+  assert linear_eval.run(ckpt, num_steps=1, batch_size=4, learning_rate=0.01,
+                         image_size=32, eval_split='train',
+                         num_classes=demo.QUICK.num_classes)['top1'] >= 0
 
 
 def test_padded_batches_mask_the_padding():
