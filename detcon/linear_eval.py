@@ -46,8 +46,7 @@ Batch = Mapping[str, np.ndarray]
 
 def make_features_fn(encoder_name: str, width_multiplier: int,
                      params: hk.Params, state: hk.State,
-                     bn_decay: float = 0.9, bn_eps: float = 1e-5
-                     ) -> FeaturesFn:
+                     bn_eps: float = 1e-5) -> FeaturesFn:
   """A jitted frozen encoder: images [B, S, S, 3] in [0, 1] -> [B, C].
 
   Args:
@@ -56,22 +55,17 @@ def make_features_fn(encoder_name: str, width_multiplier: int,
     params: Haiku parameters holding the encoder's (module 'encoder'; other
       modules are ignored).
     state: Haiku state with the encoder's BatchNorm moving statistics.
-    bn_decay: BatchNorm decay (unused in inference, part of the module config).
     bn_eps: BatchNorm epsilon.
 
   Returns:
     A function mapping images to float32 features, the encoder's last feature
     map averaged over space; BatchNorm uses the moving statistics.
   """
-  bn = networks.bn_config(bn_decay, bn_eps, None)
-  model = hk.without_apply_rng(hk.transform_with_state(
-      lambda images: networks.ResNetEncoder(
-          encoder_name, width_multiplier, bn)(images, is_training=False)))
+  encode = networks.frozen_encoder(encoder_name, width_multiplier, bn_eps)
 
   @jax.jit
   def features(params, state, images):
-    feature_map, _ = model.apply(params, state, images)
-    return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+    return jnp.mean(encode(params, state, images), axis=(1, 2))
 
   return functools.partial(features, params, state)
 
@@ -244,7 +238,6 @@ class _Source(NamedTuple):
   width_multiplier: int
   params: hk.Params
   state: hk.State
-  bn_decay: float
   bn_eps: float
   num_classes: int
   image_size: int  # Default crop side, pixels.
@@ -262,7 +255,7 @@ def _from_checkpoint(checkpoint_dir: str) -> _Source:
   m = config.model
   return _Source(
       m.encoder, m.width_multiplier, restored['params'], restored['state'],
-      m.bn_decay, m.bn_eps, config.num_classes, config.image_size,
+      m.bn_eps, config.num_classes, config.image_size,
       config.dataset_directory, f'step {restored["step"]} of {checkpoint_dir}',
       {'pretrain_step': restored['step']}, _CHECKPOINT_FIX)
 
@@ -279,7 +272,7 @@ def _from_npy(npy: str, encoder: str | None) -> _Source:
   num_classes = 1000 if classifier is None else classifier['b'].shape[-1]
   return _Source(
       pretrained.encoder, pretrained.width_multiplier, pretrained.params,
-      pretrained.state, 0.9, 1e-5, num_classes, 224, None, npy, {'npy': npy},
+      pretrained.state, 1e-5, num_classes, 224, None, npy, {'npy': npy},
       f'{npy} sets the number of classes from its classifier, or 1000 '
       'without one; evaluate on records with labels up to that')
 
@@ -357,8 +350,7 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
                source.name, image_size, image_size, num_steps, batch_size,
                dataset_directory, eval_split)
   features_fn = make_features_fn(source.encoder, source.width_multiplier,
-                                 source.params, source.state, source.bn_decay,
-                                 source.bn_eps)
+                                 source.params, source.state, source.bn_eps)
   train_batches = data.make_eval_dataset(
       train_paths, batch_size=batch_size, image_size=image_size,
       mode='random', seed=seed,

@@ -118,7 +118,7 @@ def test_features_fn_is_frozen_inference_mode():
       {m: {k: sample(k, s.shape).astype(s.dtype) for k, s in d.items()}
        for m, d in tree.items()} for tree in shapes)
   features_fn = linear_eval.make_features_fn('ResNet18', 1, params, state,
-                                             0.9, 1e-5)
+                                             1e-5)
   images = rng.uniform(size=(3, 32, 32, 3)).astype(np.float32)
   features = np.asarray(features_fn(images))
   assert features.shape == (3, 512) and features.dtype == np.float32
