@@ -312,7 +312,7 @@ def draw_report(report: dict, path: str) -> None:
       {name: ([arm[p]['mean'] for p in ('linear', 'nn')],
               [arm[p]['std'] for p in ('linear', 'nn')])
        for name, arm in report['arms'].items()},
-      f'{report["title"]} (mean ± std over {len(report["seeds"])} seeds)',
+      f'{report["title"]}\n(mean ± std over {len(report["seeds"])} seeds)',
       'mIoU on the generated scenes')
 
 
