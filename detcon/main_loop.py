@@ -25,7 +25,15 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from detcon import checkpoint, distributed, masks, networks, optim, train
+from detcon import (
+  checkpoint,
+  distributed,
+  masks,
+  networks,
+  optim,
+  run_lock,
+  train,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'detcon_b.py'),
@@ -432,8 +440,9 @@ def main(argv):
   _note_worker_flags()
   mode = _PROGRESS_BAR.value
   try:
-    metrics = run(config, mode == 'on' or
-                  (mode == 'auto' and sys.stderr.isatty()))
+    with run_lock.hold(config.checkpoint_dir):
+      metrics = run(config, mode == 'on' or
+                    (mode == 'auto' and sys.stderr.isatty()))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'detcon.main_loop: error: {e}')
   # The last logged scalars, one JSON line (the smoke test's output).
