@@ -54,7 +54,8 @@ fingerprint of the inputs and settings of each split (the mask method and its
 settings included), kept beside the shards, stops a rerun with other inputs
 or settings from mixing its shards with the old ones. `--num_tasks` /
 `--task_index` split the shards over machines sharing the output directory
-(shard i goes to task i % num_tasks).
+(shard i goes to task i % num_tasks); in a SLURM job array (`sbatch
+--array=0-N`) they default to the array's count and this task's index.
 
 Exit code: non-zero for wrong flags or directories (with a message saying
 what to fix, before any work), when a shard could not be written (rerun to
@@ -68,7 +69,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from detcon import record_writer, records
+from detcon import job_array, record_writer, records
 
 _INPUT_LAYOUT = (
     'one sub-folder per class (<dir>/<synset>/..., files at any depth) '
@@ -144,11 +145,14 @@ flags.DEFINE_integer(
     'seed', 12345, 'Seed of the shuffle of all files before sharding.')
 flags.DEFINE_integer(
     'num_tasks', 1,
-    'Number of machines sharing the job (same flags, same output directory).')
+    'Number of machines sharing the job (same flags, same output directory). '
+    'Default: SLURM_ARRAY_TASK_COUNT in a SLURM job array, else 1.')
 flags.DEFINE_integer(
     'task_index', 0,
     'This machine\'s index in [0, num_tasks): it writes the shards i with '
-    'i % num_tasks == task_index.')
+    'i % num_tasks == task_index. Default: in a SLURM job array, '
+    '(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP, '
+    'else 0. Either flag given: both from the flags.')
 
 FLAGS = flags.FLAGS
 
@@ -340,9 +344,7 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
                'num_tasks'):
     if FLAGS[name].value < 1:
       raise record_writer.InputError(f'--{name} must be at least 1')
-  if not 0 <= FLAGS.task_index < FLAGS.num_tasks:
-    raise record_writer.InputError(
-        f'--task_index must be in [0, --num_tasks={FLAGS.num_tasks})')
+  num_tasks, task_index = _task()
   splits = [('train', FLAGS.train_directory, FLAGS.train_shards),
             ('validation', FLAGS.validation_directory,
              FLAGS.validation_shards)]
@@ -383,7 +385,7 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
                                        FLAGS.seed, FLAGS.output_directory)
     digest = record_writer.fingerprint(shards, settings, directory)
     record_writer.check_resume(split, shards, digest, FLAGS.output_directory)
-    mine = shards[FLAGS.task_index::FLAGS.num_tasks]
+    mine = shards[task_index::num_tasks]
     done = [s for s in mine if os.path.exists(s.path)]
     complete += len(done)
     if done:
@@ -395,6 +397,34 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
   if removed:
     logging.info('Removed %d temporary files of an interrupted run.', removed)
   return settings, todo, complete
+
+
+def _task() -> tuple[int, int]:
+  """(num_tasks, task_index): the flags, else the SLURM job array's; logged.
+
+  Raises:
+    record_writer.InputError: for an index outside [0, num_tasks).
+  """
+  if not (FLAGS['num_tasks'].present or FLAGS['task_index'].present):
+    try:
+      array = job_array.task_from_environment()
+    except job_array.ArrayError as e:
+      raise record_writer.InputError(str(e)) from e
+    if array:
+      num_tasks, task_index, how = array
+      logging.info('Task %d of %d, from the SLURM job array (%s).',
+                   task_index, num_tasks, how)
+      return num_tasks, task_index
+  elif 'SLURM_ARRAY_TASK_ID' in os.environ:
+    logging.info('--num_tasks/--task_index given: the SLURM job array '
+                 'variables are not used.')
+  if not 0 <= FLAGS.task_index < FLAGS.num_tasks:
+    raise record_writer.InputError(
+        f'--task_index must be in [0, --num_tasks={FLAGS.num_tasks})')
+  if FLAGS.num_tasks > 1:
+    logging.info('Task %d of %d (--task_index, --num_tasks).',
+                 FLAGS.task_index, FLAGS.num_tasks)
+  return FLAGS.num_tasks, FLAGS.task_index
 
 
 def main(argv):

@@ -487,7 +487,8 @@ def pretrained_from_dict(tree: Mapping[str, Any], encoder: str | None = None,
                _specs(encoder_shapes(encoder, width)),
                label=lambda k: prefix + k.removeprefix('encoder/')),
       ({}, [], others, [])]
-  features = inputs = networks.ENCODERS[encoder][2][-1] * width
+  features = inputs = networks.scaled_channels(
+      networks.ENCODERS[encoder][2][-1], width)
   for head in _HEADS:
     if head in parts:
       mapped, unplaced = _head_by_structure(head, parts[head])

@@ -7,7 +7,8 @@ Every hyperparameter is in `--config` (default `detcon/configs/detcon_b.py`;
 override fields as `--config.optimizer.momentum=0.95`); the flags below are
 shortcuts that set config fields. `--is_test` runs one step of ResNet-50 at
 224, batch 4, on mock data. Data parallel over all local devices; several
-hosts join through `jax.distributed` (flags or JAX's environment variables).
+hosts join through `jax.distributed` (flags, or the cluster environment:
+`detcon/distributed.py`).
 """
 
 import collections
@@ -24,7 +25,15 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from detcon import checkpoint, masks, networks, optim, train
+from detcon import (
+  checkpoint,
+  distributed,
+  masks,
+  networks,
+  optim,
+  run_lock,
+  train,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'detcon_b.py'),
@@ -72,6 +81,13 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes (hosts).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'This process, 0..num_processes-1.')
+_CLUSTER_DETECTION = flags.DEFINE_enum(
+    'cluster_detection', 'auto', list(distributed.DETECTION_MODES),
+    'auto: without --coordinator_address/--num_processes, join the '
+    'multi-process run that JAX\'s cluster detection finds (SLURM tasks of '
+    'srun, Open MPI, Cloud TPU pod slices, Kubernetes jobs); off: one '
+    'process unless those flags (or JAX_COORDINATOR_ADDRESS) say otherwise, '
+    'nothing read from the cluster environment.')
 _PROGRESS_BAR = flags.DEFINE_enum(
     'progress_bar', 'auto', ['auto', 'on', 'off'],
     'A progress bar on stderr (steps, ETA, images/s, latest loss), besides '
@@ -99,17 +115,6 @@ def config_from_flags() -> ml_collections.ConfigDict:
     config.batch_size, config.max_steps, config.image_size = 4, 1, 224
     config.model.encoder, config.mock_data = 'ResNet50', True
   return config
-
-
-def maybe_initialize_distributed() -> None:
-  """Joins a multi-process run when flags or JAX's environment ask for one."""
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
-    # Cross-process collectives for CPU devices (no effect on accelerators).
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
-  elif os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
 
 
 def validate(config) -> None:
@@ -429,13 +434,15 @@ def _note_worker_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  maybe_initialize_distributed()
+  distributed.join(_COORDINATOR.value, _NUM_PROCESSES.value,
+                   _PROCESS_ID.value, _CLUSTER_DETECTION.value)
   config = config_from_flags()
   _note_worker_flags()
   mode = _PROGRESS_BAR.value
   try:
-    metrics = run(config, mode == 'on' or
-                  (mode == 'auto' and sys.stderr.isatty()))
+    with run_lock.hold(config.checkpoint_dir):
+      metrics = run(config, mode == 'on' or
+                    (mode == 'auto' and sys.stderr.isatty()))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'detcon.main_loop: error: {e}')
   # The last logged scalars, one JSON line (the smoke test's output).

@@ -45,17 +45,35 @@ def bn_config(decay: float, eps: float, axis_name: str | None):
               cross_replica_axis=axis_name)
 
 
-class ResNetEncoder(hk.Module):
-  """ResNet v1 (stride on the 3x3 conv) returning the last feature map."""
+def scaled_channels(channels: int, width_multiplier: float) -> int:
+  """`channels x width_multiplier`, rounded to the nearest integer.
 
-  def __init__(self, encoder: str, width_multiplier: int,
+  Python's `round` (halves to even); at least 1. Widths 0.25, 0.5, 1, 2, ...
+  give exact counts for every ResNet here (0.25 x 64 = 16). Bottleneck
+  blocks use a quarter of a group's count inside, floored as Haiku does.
+  """
+  if width_multiplier <= 0:
+    raise ValueError(f'width_multiplier={width_multiplier}: use a positive '
+                     'number (e.g. 0.25, 0.5, 1, 2)')
+  return max(1, round(channels * width_multiplier))
+
+
+class ResNetEncoder(hk.Module):
+  """ResNet v1 (stride on the 3x3 conv) returning the last feature map.
+
+  `width_multiplier` scales every channel count, the initial conv's 64
+  included (`scaled_channels`); 1 is the standard ResNet.
+  """
+
+  def __init__(self, encoder: str, width_multiplier: float,
                bn: Mapping[str, Any], name: str = 'encoder'):
     super().__init__(name=name)
     check_encoder_name(encoder)
     blocks, self._bottleneck, channels = ENCODERS[encoder]
     self._blocks = blocks
-    self._channels = tuple(c * width_multiplier for c in channels)
-    self._width = width_multiplier
+    self._channels = tuple(scaled_channels(c, width_multiplier)
+                           for c in channels)
+    self._stem = scaled_channels(64, width_multiplier)
     self._bn = dict(bn)
 
   @property
@@ -66,7 +84,7 @@ class ResNetEncoder(hk.Module):
     """Maps images `[B, H, W, 3]` in [0, 1] to features `[B, H/32, W/32, C]`."""
     mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
     x = (images - mean) / jnp.asarray(IMAGENET_STD, images.dtype)
-    x = hk.Conv2D(64 * self._width, kernel_shape=7, stride=2, with_bias=False,
+    x = hk.Conv2D(self._stem, kernel_shape=7, stride=2, with_bias=False,
                   padding='SAME', name='initial_conv')(x)
     x = hk.BatchNorm(name='initial_batchnorm', **self._bn)(x, is_training)
     x = jax.nn.relu(x)

@@ -32,10 +32,14 @@ ONE_PAIR = ('--fh_scales=100', '--fh_min_sizes=50')
 TWO_PAIRS = ('--fh_scales=100,300', '--fh_min_sizes=50,100')
 
 
-def run_script(*args, cwd):
+def run_script(*args, cwd, env=None):
+  """Runs the script; `env`: variables to add (SLURM's array ones dropped)."""
+  base = {k: v for k, v in os.environ.items()
+          if not k.startswith('SLURM_ARRAY_')}
   return subprocess.run(
       [sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True,
-      text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+      text=True, timeout=300,
+      env=dict(base, TF_CPP_MIN_LOG_LEVEL='3', **(env or {})))
 
 
 def read_records(path):
@@ -412,6 +416,38 @@ def test_tasks_split_the_shards_and_together_equal_one_job(data, png_run):
   for name in whole:
     assert ([r['image/filename'] for r in split[name]] ==
             [r['image/filename'] for r in whole[name]])
+
+
+def test_job_array_task_writes_exactly_its_shards(data, png_run):
+  """`sbatch --array=4-5`, task 5: index 1 of 2, the odd shards, no flags."""
+  _, _, whole = png_run
+  out = os.path.join(data.root, 'out', 'array')
+  proc = run_script(f'--train_directory={data.train}',
+                    f'--validation_directory={data.val}',
+                    f'--output_directory={out}', *SHARD_ARGS, *ONE_PAIR,
+                    '--num_threads=1', cwd=data.root,
+                    env=dict(SLURM_ARRAY_TASK_COUNT='2',
+                             SLURM_ARRAY_TASK_ID='5', SLURM_ARRAY_TASK_MIN='4',
+                             SLURM_ARRAY_JOB_ID='7'))
+  assert proc.returncode == 0, proc.stderr
+  assert ('Task 1 of 2, from the SLURM job array (SLURM_ARRAY_TASK_COUNT=2, '
+          'SLURM_ARRAY_TASK_ID=5, SLURM_ARRAY_TASK_MIN=4)') in proc.stderr
+  odd = [n for n in whole if int(n.split('-')[1]) % 2 == 1]
+  assert final_names(out) == odd
+  for name, recs in read_output(out).items():
+    assert ([r['image/filename'] for r in recs] ==
+            [r['image/filename'] for r in whole[name]])
+
+
+def test_job_array_that_is_not_a_range_is_an_error(data, tmp_path):
+  proc = run_script(f'--train_directory={data.train}',
+                    f'--output_directory={tmp_path}', cwd=data.root,
+                    env=dict(SLURM_ARRAY_TASK_COUNT='3',
+                             SLURM_ARRAY_TASK_ID='9', SLURM_ARRAY_TASK_MIN='1'))
+  assert proc.returncode != 0
+  assert 'gives no task index in [0, 3)' in proc.stderr
+  assert '--num_tasks and --task_index' in proc.stderr
+  assert 'Traceback' not in proc.stderr
 
 
 def test_task_index_out_of_range_is_an_error(data, tmp_path):

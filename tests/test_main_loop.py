@@ -156,6 +156,53 @@ def test_two_processes_equal_one_process(tmp_path, mock_step):
   assert checkpoint.restore_latest(str(tmp_path / 'multi'))['step'] == 1
 
 
+def slurm_env(task, tasks, port):
+  """The variables SLURM sets for task `task` of an srun step on this host.
+
+  Those JAX's SLURM detection reads; the coordinator's port, which JAX would
+  derive from the job id, is pinned to a free one. Other cluster variables
+  of the test's own environment are dropped.
+  """
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('SLURM_', 'OMPI_', 'JAX_COORDINATOR'))}
+  return dict(env, SLURM_JOB_ID='4242', SLURM_NTASKS=str(tasks),
+              SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
+              SLURM_STEP_NODELIST='localhost', SLURM_STEP_NUM_NODES='1',
+              JAX_COORDINATOR_PORT=str(port))
+
+
+def test_slurm_tasks_form_one_run_without_flags(tmp_path, mock_step):
+  """Two srun-style tasks, no distributed flags: one run, as one process."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'detcon.main_loop', *TINY,
+       '--config.mock_data=True', '--max_steps=1',
+       f'--checkpoint_dir={tmp_path / "slurm"}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=slurm_env(i, 2, port)) for i in range(2)]
+  outputs = [p.communicate(timeout=900) for p in procs]
+  for i, (p, (_, err)) in enumerate(zip(procs, outputs, strict=True)):
+    assert p.returncode == 0, err[-3000:]
+    assert (f"Run formed by JAX's SlurmCluster detection: process {i} of 2, "
+            '1 local cpu devices of 2 in all.') in err
+    assert 'over 2 devices in 2 processes' in err
+  want = last_json(mock_step)
+  for out, _ in outputs:
+    got = json.loads(out.strip().splitlines()[-1])
+    for key in ('loss', 'repr_loss', 'classif_loss'):
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+  assert checkpoint.restore_latest(str(tmp_path / 'slurm'))['step'] == 1
+
+
+def test_cluster_detection_off_runs_alone_under_slurm():
+  result = main_loop('--config.mock_data=True', '--max_steps=1',
+                     '--cluster_detection=off',
+                     env=slurm_env(0, 2, _free_port()))
+  assert ('Run formed by one process (cluster detection off '
+          '(--cluster_detection=off)') in result.stderr
+  assert 'over 1 devices in 1 processes' in result.stderr
+
+
 def test_directory_without_train_shards(tmp_path):
   (tmp_path / 'notes.txt').write_text('not a shard')
   result = python('-m', 'detcon.main_loop', *TINY,
@@ -175,7 +222,7 @@ def test_bad_shard_names(tmp_path):
 def test_help_documents_the_bar_and_the_original_worker_flags():
   result = python('-m', 'detcon.main_loop', '--help')  # absl exits with 1.
   for flag in ('--progress_bar: <auto|on|off>', '--worker_mode',
-               '--worker_tpu_driver'):
+               '--worker_tpu_driver', '--cluster_detection: <auto|off>'):
     assert flag in result.stdout, flag
 
 

@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Networks (SPEC 4).
   c.model = ml_collections.ConfigDict(dict(
       encoder='ResNet50',
-      width_multiplier=1,
+      width_multiplier=1.0,  # Fractional widths too (0.25, 0.5).
       projector_hidden_size=4096,
       projector_output_size=256,
       predictor_hidden_size=4096,
