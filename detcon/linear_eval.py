@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from detcon import networks
+from detcon import backbone
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
 Batch = Mapping[str, np.ndarray]
@@ -61,13 +61,8 @@ def make_features_fn(encoder_name: str, width_multiplier: int,
     A function mapping images to float32 features, the encoder's last feature
     map averaged over space; BatchNorm uses the moving statistics.
   """
-  encode = networks.frozen_encoder(encoder_name, width_multiplier, bn_eps)
-
-  @jax.jit
-  def features(params, state, images):
-    return jnp.mean(encode(params, state, images), axis=(1, 2))
-
-  return functools.partial(features, params, state)
+  return backbone.pooled_features_fn(backbone.Backbone(
+      encoder_name, width_multiplier, bn_eps, params, state, 'given weights'))
 
 
 def _logits(classifier: Mapping[str, jax.Array], features: jax.Array
@@ -234,11 +229,7 @@ def _eval_shards(dataset_directory: str, eval_split: str) -> tuple[list[str],
 
 class _Source(NamedTuple):
   """A frozen encoder to evaluate, and the settings it comes with."""
-  encoder: str
-  width_multiplier: int
-  params: hk.Params
-  state: hk.State
-  bn_eps: float
+  backbone: backbone.Backbone
   num_classes: int
   image_size: int  # Default crop side, pixels.
   dataset_directory: str | None  # Default records.
@@ -249,30 +240,25 @@ class _Source(NamedTuple):
 
 def _from_checkpoint(checkpoint_dir: str) -> _Source:
   """The encoder and settings of the newest checkpoint of a pretraining run."""
-  from detcon import checkpoint  # pylint: disable=g-import-not-at-top
-  restored = checkpoint.restore_latest(checkpoint_dir)
-  config = restored['config']
-  m = config.model
+  frozen = backbone.from_checkpoint(checkpoint_dir)
+  config = frozen.config
   return _Source(
-      m.encoder, m.width_multiplier, restored['params'], restored['state'],
-      m.bn_eps, config.num_classes, config.image_size,
-      config.dataset_directory, f'step {restored["step"]} of {checkpoint_dir}',
-      {'pretrain_step': restored['step']}, _CHECKPOINT_FIX)
+      frozen, config.num_classes, config.image_size,
+      config.dataset_directory, f'step {frozen.step} of {checkpoint_dir}',
+      {'pretrain_step': frozen.step}, _CHECKPOINT_FIX)
 
 
 def _from_npy(npy: str, encoder: str | None) -> _Source:
-  """The encoder of a released or exported `.npy` file, default settings.
+  """The encoder of a released or exported `.npy` file, its BatchNorm eps.
 
   The classifier gets the file's number of classes when it has a classifier
   (1000 for the released ImageNet files), else 1000.
   """
-  from detcon import export  # pylint: disable=g-import-not-at-top
-  pretrained = export.load_pretrained(npy, encoder)
-  classifier = pretrained.params.get('classifier')
+  frozen = backbone.from_npy(npy, encoder)
+  classifier = frozen.params.get('classifier')
   num_classes = 1000 if classifier is None else classifier['b'].shape[-1]
   return _Source(
-      pretrained.encoder, pretrained.width_multiplier, pretrained.params,
-      pretrained.state, 1e-5, num_classes, 224, None, npy, {'npy': npy},
+      frozen, num_classes, 224, None, npy, {'npy': npy},
       f'{npy} sets the number of classes from its classifier, or 1000 '
       'without one; evaluate on records with labels up to that')
 
@@ -298,7 +284,8 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
       records have no validation split) or 'train'.
     seed: seeds the classifier and the training crops.
     npy: instead of a checkpoint, a released or exported `.npy` file
-      (`export.load_pretrained`; BatchNorm eps 1e-5).
+      (`backbone.from_npy`; BatchNorm eps as the file records it, else
+      1e-5).
     encoder: with `npy`, the encoder to check the file against; None:
       inferred from its shapes.
     num_classes: classes of the linear classifier; None: the pretraining
@@ -346,11 +333,10 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
   paths = list(dict.fromkeys(train_paths + eval_paths))
   counts = dict(zip(paths, data.count_records_per_file(paths), strict=True))
   logging.info('Linear evaluation of %s (%s) at %dx%d: %d steps of batch %d '
-               'on %s, evaluation on its %s split.', source.encoder,
+               'on %s, evaluation on its %s split.', source.backbone.encoder,
                source.name, image_size, image_size, num_steps, batch_size,
                dataset_directory, eval_split)
-  features_fn = make_features_fn(source.encoder, source.width_multiplier,
-                                 source.params, source.state, source.bn_eps)
+  features_fn = backbone.pooled_features_fn(source.backbone)
   train_batches = data.make_eval_dataset(
       train_paths, batch_size=batch_size, image_size=image_size,
       mode='random', seed=seed,
