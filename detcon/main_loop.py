@@ -231,7 +231,8 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   else:
     batches = real_batches(config, local_devices, per_device)
   warmup, total = optim.warmup_and_total_steps(
-      config.pretrain_epochs, config.batch_size, config.num_train_images)
+      config.pretrain_epochs, config.batch_size, config.num_train_images,
+      config.optimizer.warmup_epochs_divisor)
   if config.max_steps > 0:
     total = config.max_steps
     warmup = min(warmup, total // 10)
