@@ -531,7 +531,7 @@ def draw_picture(path: str, kept: Sequence[tuple], results: dict,
       'features.'])
 
 
-def run(*, dataset_directory: str, backbone: Backbone, output: str,
+def run(*, dataset_directory: str, backbone: Backbone, output: str | None,
         num_classes: int = 21, train_split: str = 'train',
         eval_split: str = 'val', protocols: Sequence[str] = PROTOCOLS,
         image_size: int = 448, crops_per_image: int = 2,
@@ -543,7 +543,7 @@ def run(*, dataset_directory: str, backbone: Backbone, output: str,
         progress: bool = False) -> dict[str, Any]:
   """Dense evaluation of a frozen backbone; see the module docstring.
 
-  Returns (and writes as JSON to `output`):
+  Returns (and writes as JSON to `output`, unless None):
     {protocol: {'miou', 'pixel_accuracy', 'per_class_iou',
     'present_classes', 'wall_time_s'}, 'backbone', 'image_size',
     'num_train_images', 'num_eval_images', 'unreadable_images',
@@ -624,9 +624,10 @@ def run(*, dataset_directory: str, backbone: Backbone, output: str,
       unreadable_images=len(skipped_train) + len(skipped_eval),
       feature_images_per_s=round(num_train * crops_per_image / extract_s, 2),
       feature_extraction_s=round(extract_s, 2))
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, 'w') as f:
-    json.dump(result, f, indent=1)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+      json.dump(result, f, indent=1)
   if picture and kept:
     draw_picture(picture, kept, {p: result[p] for p in scorers},
                  f'Dense evaluation of {backbone.describe()}')
