@@ -240,12 +240,7 @@ class _Source(NamedTuple):
 
 def _from_checkpoint(checkpoint_dir: str) -> _Source:
   """The encoder and settings of the newest checkpoint of a pretraining run."""
-  frozen = backbone.from_checkpoint(checkpoint_dir)
-  config = frozen.config
-  return _Source(
-      frozen, config.num_classes, config.image_size,
-      config.dataset_directory, f'step {frozen.step} of {checkpoint_dir}',
-      {'pretrain_step': frozen.step}, _CHECKPOINT_FIX)
+  return source_of(backbone.from_checkpoint(checkpoint_dir))
 
 
 def _from_npy(npy: str, encoder: str | None) -> _Source:
@@ -254,7 +249,12 @@ def _from_npy(npy: str, encoder: str | None) -> _Source:
   The classifier gets the file's number of classes when it has a classifier
   (1000 for the released ImageNet files), else 1000.
   """
-  frozen = backbone.from_npy(npy, encoder)
+  return _from_npy_backbone(backbone.from_npy(npy, encoder))
+
+
+def _from_npy_backbone(frozen: backbone.Backbone) -> _Source:
+  """`_from_npy`'s settings for a loaded backbone without a config."""
+  npy = frozen.source
   classifier = frozen.params.get('classifier')
   num_classes = 1000 if classifier is None else classifier['b'].shape[-1]
   return _Source(
@@ -307,7 +307,6 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
       `.npy` file that does not fit, or malformed shards (damaged files are
       all listed at the start).
   """
-  from detcon import data  # pylint: disable=g-import-not-at-top
   if npy:
     if not dataset_directory:
       raise ValueError('--npy needs --dataset_directory (the records to '
@@ -315,6 +314,38 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
     source = _from_npy(npy, encoder)
   else:
     source = _from_checkpoint(checkpoint_dir)
+  result = evaluate_source(
+      source, dataset_directory, num_steps=num_steps, batch_size=batch_size,
+      learning_rate=learning_rate, image_size=image_size,
+      eval_split=eval_split, seed=seed, num_classes=num_classes)
+  if not npy:
+    with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
+      f.write(json.dumps(result, sort_keys=True) + '\n')
+  return result
+
+
+def source_of(frozen: backbone.Backbone) -> _Source:
+  """The settings a backbone comes with: its pretraining run's, if known.
+
+  A backbone with a pretraining config (from a checkpoint or a live run)
+  defaults to that run's classes, crop size and records; any other to those
+  of a `.npy` file.
+  """
+  config = frozen.config
+  if config is None:
+    return _from_npy_backbone(frozen)
+  where = f'step {frozen.step} of {frozen.source}'
+  return _Source(frozen, config['num_classes'], config['image_size'],
+                 config['dataset_directory'], where,
+                 {'pretrain_step': frozen.step}, _CHECKPOINT_FIX)
+
+
+def evaluate_source(source: _Source, dataset_directory: str | None, *,
+                    num_steps: int, batch_size: int, learning_rate: float,
+                    image_size: int | None, eval_split: str, seed: int,
+                    num_classes: int | None) -> dict[str, Any]:
+  """`run` on a loaded source (same arguments and result); writes nothing."""
+  from detcon import data  # pylint: disable=g-import-not-at-top
   dataset_directory = dataset_directory or source.dataset_directory
   image_size = image_size or source.image_size
   fix = source.fix
@@ -355,9 +386,6 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
                             batch_size))
   result.update(source.result, eval_split=eval_split, num_classes=num_classes,
                 skipped_records=data.skipped_records(paths))
-  if not npy:
-    with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
-      f.write(json.dumps(result, sort_keys=True) + '\n')
   return result
 
 

@@ -14,12 +14,13 @@ from collections.abc import Callable
 import ml_collections
 
 from detcon import backbone
-from detcon.evaluators import dense_linear, dense_nn
+from detcon.evaluators import dense_linear, dense_nn, linear
 
 Evaluator = Callable[[backbone.Backbone, ml_collections.ConfigDict],
                      dict[str, float]]
 
 EVALUATORS: dict[str, Evaluator] = {
+    'linear': linear.evaluate,
     'dense_linear': dense_linear.evaluate,
     'dense_nn': dense_nn.evaluate,
 }
