@@ -82,3 +82,18 @@ def test_linear_evaluator_gives_the_command_s_metrics(records, frozen,
   metrics = evaluators.get('linear')(frozen, ml_collections.ConfigDict(
       dict(settings, dataset_directory=records)))
   assert metrics == {'top1': command['top1'], 'top5': command['top5']}
+
+
+def test_knn_evaluator_on_a_folder_finds_each_image_itself(records, frozen):
+  """Bank = queries: with k = 1 each image's neighbour is itself."""
+  folder = os.path.join(os.path.dirname(records), 'train')
+  settings = ml_collections.ConfigDict(dict(
+      source=f'folder:{folder}', train_split='', eval_split='',
+      image_size=64, batch_size=4, k=1))
+  assert evaluators.get('knn')(frozen, settings) == {'top1': 1.0,
+                                                      'top5': 1.0}
+  with pytest.raises(ValueError, match='needs settings.source'):
+    evaluators.get('knn')(frozen, ml_collections.ConfigDict())
+  with pytest.raises(ValueError, match='num_classes is needed'):
+    evaluators.get('knn')(frozen, ml_collections.ConfigDict(
+        dict(source=f'records:{records}')))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import ml_collections
 
 from detcon import backbone
-from detcon.evaluators import dense_linear, dense_nn, linear
+from detcon.evaluators import dense_linear, dense_nn, knn, linear
 
 Evaluator = Callable[[backbone.Backbone, ml_collections.ConfigDict],
                      dict[str, float]]
@@ -23,6 +23,7 @@ EVALUATORS: dict[str, Evaluator] = {
     'linear': linear.evaluate,
     'dense_linear': dense_linear.evaluate,
     'dense_nn': dense_nn.evaluate,
+    'knn': knn.evaluate,
 }
 
 
