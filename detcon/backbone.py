@@ -117,10 +117,12 @@ def from_random(encoder: str = 'ResNet50', width_multiplier: int = 1,
 
 
 def from_params(params: hk.Params, state: hk.State, model: Mapping[str, Any],
-                source: str, step: int | None = None) -> Backbone:
+                source: str, step: int | None = None,
+                config: Mapping[str, Any] | None = None) -> Backbone:
   """The weights of a (live) network built with the config's `model`."""
   return Backbone(model['encoder'], int(model['width_multiplier']),
-                  float(model['bn_eps']), params, state, source, step=step)
+                  float(model['bn_eps']), params, state, source, step=step,
+                  config=config)
 
 
 def load(*, checkpoint_dir: str | None = None, npy: str | None = None,
