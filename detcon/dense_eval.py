@@ -54,7 +54,8 @@ import tqdm
 from absl import app, flags
 from PIL import Image
 
-from detcon import networks, voc
+from detcon import backbone as backbone_lib
+from detcon import voc
 
 PROTOCOLS = ('linear', 'nn')
 CROP_AREA = (0.25, 1.0)  # Fraction of the image area of a training crop.
@@ -208,13 +209,7 @@ def patch_label_distributions(labels: np.ndarray, grid: tuple[int, int],
 # Backbone.
 
 
-class Backbone(NamedTuple):
-  """A frozen encoder: its name and Haiku trees."""
-  encoder: str
-  width_multiplier: int
-  params: hk.Params
-  state: hk.State
-  description: str  # Where it came from, for the report.
+Backbone = backbone_lib.Backbone
 
 
 def make_feature_fn(backbone: Backbone, batch_size: int) -> FeatureFn:
@@ -228,16 +223,12 @@ def make_feature_fn(backbone: Backbone, batch_size: int) -> FeatureFn:
     A function from uint8 `[n, S, S, 3]` (n <= batch_size) to float32
     `[n, S/32, S/32, C]` on the host.
   """
-  encode = networks.frozen_encoder(backbone.encoder, backbone.width_multiplier)
-
-  @jax.jit
-  def features(params, state, images):
-    return encode(params, state, images.astype(jnp.float32) / 255.0)
+  features = backbone_lib.feature_map_fn(backbone)
 
   def fn(images):
     n = len(images)
     padded = np.pad(images, [(0, batch_size - n)] + [(0, 0)] * 3)
-    return np.asarray(features(backbone.params, backbone.state, padded))[:n]
+    return np.asarray(features(padded.astype(np.float32) / 255.0))[:n]
 
   return fn
 
@@ -540,7 +531,7 @@ def draw_picture(path: str, kept: Sequence[tuple], results: dict,
       'features.'])
 
 
-def run(*, dataset_directory: str, backbone: Backbone, output: str,
+def run(*, dataset_directory: str, backbone: Backbone, output: str | None,
         num_classes: int = 21, train_split: str = 'train',
         eval_split: str = 'val', protocols: Sequence[str] = PROTOCOLS,
         image_size: int = 448, crops_per_image: int = 2,
@@ -552,7 +543,7 @@ def run(*, dataset_directory: str, backbone: Backbone, output: str,
         progress: bool = False) -> dict[str, Any]:
   """Dense evaluation of a frozen backbone; see the module docstring.
 
-  Returns (and writes as JSON to `output`):
+  Returns (and writes as JSON to `output`, unless None):
     {protocol: {'miou', 'pixel_accuracy', 'per_class_iou',
     'present_classes', 'wall_time_s'}, 'backbone', 'image_size',
     'num_train_images', 'num_eval_images', 'unreadable_images',
@@ -570,7 +561,7 @@ def run(*, dataset_directory: str, backbone: Backbone, output: str,
   check_files(dataset_directory, train_ids, train_split)
   check_files(dataset_directory, eval_ids, eval_split)
   logging.info('Dense evaluation of %s on %s: %d %s and %d %s images at '
-               '%dx%d, protocols %s.', backbone.description,
+               '%dx%d, protocols %s.', backbone.describe(),
                dataset_directory, len(train_ids), train_split, len(eval_ids),
                eval_split, image_size, image_size, ','.join(protocols))
   feature_fn = make_feature_fn(backbone, batch_size)
@@ -628,62 +619,25 @@ def run(*, dataset_directory: str, backbone: Backbone, output: str,
     # Each protocol's own work plus its share of the evaluation pass.
     result[p]['wall_time_s'] = round(setup_s[p] + eval_s / len(scorers), 2)
   result.update(
-      backbone=backbone.description, image_size=image_size,
+      backbone=backbone.describe(), image_size=image_size,
       num_train_images=num_train, num_eval_images=num_eval,
       unreadable_images=len(skipped_train) + len(skipped_eval),
       feature_images_per_s=round(num_train * crops_per_image / extract_s, 2),
       feature_extraction_s=round(extract_s, 2))
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, 'w') as f:
-    json.dump(result, f, indent=1)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+      json.dump(result, f, indent=1)
   if picture and kept:
     draw_picture(picture, kept, {p: result[p] for p in scorers},
-                 f'Dense evaluation of {backbone.description}')
+                 f'Dense evaluation of {backbone.describe()}')
   return result
 
 
 # Backbones and the command line.
 
 
-def load_backbone(*, checkpoint_dir: str | None = None,
-                  npy: str | None = None, init: str | None = None,
-                  encoder: str | None = None, width_multiplier: int = 1,
-                  seed: int = 0) -> Backbone:
-  """The frozen encoder from exactly one of the three sources.
-
-  Raises:
-    ValueError: not exactly one source, an encoder that does not match the
-      checkpoint or file, or an unknown encoder.
-  """
-  sources = [s for s in (checkpoint_dir, npy, init) if s]
-  if len(sources) != 1:
-    raise ValueError('give exactly one backbone: --checkpoint_dir (a '
-                     'pretraining run), --npy (a NumPy dict) or --init=random')
-  if checkpoint_dir:
-    from detcon import checkpoint  # pylint: disable=g-import-not-at-top
-    restored = checkpoint.restore_latest(checkpoint_dir)
-    m = restored['config'].model
-    if encoder and encoder != m.encoder:
-      raise ValueError(f'--encoder={encoder} does not match the checkpoint in '
-                       f'{checkpoint_dir}, which holds a {m.encoder}; drop '
-                       f'--encoder or pass --encoder={m.encoder}')
-    return Backbone(m.encoder, m.width_multiplier, restored['params'],
-                    restored['state'], f'{m.encoder} from {checkpoint_dir} '
-                    f'(step {restored["step"]})')
-  if npy:
-    from detcon import export  # pylint: disable=g-import-not-at-top
-    pretrained = export.load_pretrained(npy, encoder)
-    return Backbone(pretrained.encoder, pretrained.width_multiplier,
-                    pretrained.params, pretrained.state,
-                    f'{pretrained.encoder} from {npy}')
-  if init != 'random':
-    raise ValueError(f'--init={init}: the only initialisation is random')
-  encoder = encoder or 'ResNet50'
-  networks.check_encoder_name(encoder)
-  params, state = networks.init_encoder(encoder, width_multiplier,
-                                        jax.random.key(seed))
-  return Backbone(encoder, width_multiplier, params, state,
-                  f'{encoder} with random weights (seed {seed})')
+load_backbone = backbone_lib.load
 
 
 def _define_flags() -> None:

@@ -24,7 +24,10 @@ Formats written
                of flat keys '<module>/<name>' -> array, Haiku names, e.g.
                'encoder/initial_conv/w' [7, 7, 3, 64] and the BatchNorm
                statistics 'encoder/initial_batchnorm/~/mean_ema/average'
-               [1, 1, 1, 64] (and its 'counter', 'hidden'). From a
+               [1, 1, 1, 64] (and its 'counter', 'hidden'), and
+               'network/bn_eps' (a float: the BatchNorm epsilon the weights
+               were trained with; files without it, as the released ones,
+               mean 1e-5). From a
                checkpoint it holds the online encoder; converted from a
                released file, also its heads ('projector/linear_0/w', ...,
                'classifier/w'). `load_npy` reads it back into Haiku trees
@@ -93,7 +96,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from detcon import networks
+from detcon import backbone, networks
 
 Tree = Mapping[str, Mapping[str, Any]]
 
@@ -109,6 +112,10 @@ TORCHVISION_NAMES = {
 _EMA_NAMES = ('mean_ema', 'var_ema')
 _BN_LEAVES = ('scale', 'offset', 'average', 'hidden')
 _HEADS = ('projector', 'predictor')
+# The BatchNorm epsilon the weights were trained with, in our `.npy` files
+# (the released files have none: they use 1e-5).
+BN_EPS_KEY = 'network/bn_eps'
+DEFAULT_BN_EPS = 1e-5
 # One leaf of the encoder: '<prefix><module>[/~/<ema>]/<name>', the prefix
 # 'encoder/' in ours, 'res_net50/~/' or 'res_net200/~/' in the released files.
 _ENCODER_KEY_RE = re.compile(
@@ -173,11 +180,18 @@ def unflatten(flat: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]],
   return params, state
 
 
-def save_npy(path: str, params: Tree, state: Tree) -> None:
-  """Writes `flatten(params, state)` as a pickled `.npy` dict."""
+def save_npy(path: str, params: Tree, state: Tree,
+             bn_eps: float | None = None) -> None:
+  """Writes `flatten(params, state)` as a pickled `.npy` dict.
+
+  With `bn_eps`, the dict also records the network's BatchNorm epsilon
+  (key `BN_EPS_KEY`, a float64 scalar), which `load_pretrained` reads back.
+  """
+  flat = flatten(params, state)
+  if bn_eps is not None:
+    flat[BN_EPS_KEY] = np.float64(bn_eps)
   with open(path, 'wb') as f:
-    np.save(f, np.array(flatten(params, state), dtype=object),
-            allow_pickle=True)
+    np.save(f, np.array(flat, dtype=object), allow_pickle=True)
   logging.info('Wrote %s (NumPy dict of Haiku names).', path)
 
 
@@ -228,8 +242,13 @@ def _flat(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def load_npy(path: str) -> tuple[dict[str, dict[str, np.ndarray]],
                                  dict[str, dict[str, np.ndarray]]]:
-  """Reads a pickled `.npy` dict into `(params, state)`, names unchanged."""
-  return unflatten(read_npy(path))
+  """Reads a pickled `.npy` dict into `(params, state)`, names unchanged.
+
+  The recorded BatchNorm epsilon (`BN_EPS_KEY`), if any, is left out.
+  """
+  flat = read_npy(path)
+  flat.pop(BN_EPS_KEY, None)
+  return unflatten(flat)
 
 
 def encoder_shapes(encoder: str, width_multiplier: int = 1
@@ -332,6 +351,7 @@ class Pretrained(NamedTuple):
   width_multiplier: int
   params: dict[str, dict[str, np.ndarray]]
   state: dict[str, dict[str, np.ndarray]]
+  bn_eps: float = DEFAULT_BN_EPS  # BatchNorm epsilon the file records.
 
 
 @functools.cache
@@ -466,6 +486,7 @@ def pretrained_from_dict(tree: Mapping[str, Any], encoder: str | None = None,
   if encoder:
     networks.check_encoder_name(encoder)
   flat = _flat(tree)
+  bn_eps = float(flat.pop(BN_EPS_KEY, DEFAULT_BN_EPS))
   prefixes = collections.Counter(
       m['prefix'] for m in map(_ENCODER_KEY_RE.fullmatch, flat) if m)
   prefix = prefixes.most_common(1)[0][0] if prefixes else 'encoder/'
@@ -518,7 +539,7 @@ def pretrained_from_dict(tree: Mapping[str, Any], encoder: str | None = None,
                encoder, width, prefix,
                ''.join(f', {p}' for p in (*_HEADS, 'classifier')
                        if p in parts))
-  return Pretrained(encoder, width, params, state)
+  return Pretrained(encoder, width, params, state, bn_eps)
 
 
 def load_pretrained(path: str, encoder: str | None = None,
@@ -866,8 +887,8 @@ def patch_tf_same_padding(model):
   return model
 
 
-def write(output: str, fmt: str, params: Tree, state: Tree, encoder: str
-          ) -> str:
+def write(output: str, fmt: str, params: Tree, state: Tree, encoder: str,
+          bn_eps: float | None = None) -> str:
   """Writes Haiku weights (our names) to `output` in format `fmt`.
 
   Args:
@@ -878,12 +899,13 @@ def write(output: str, fmt: str, params: Tree, state: Tree, encoder: str
       heads and 'classifier').
     state: their BatchNorm statistics.
     encoder: the encoder name.
+    bn_eps: with 'npy', the BatchNorm epsilon to record in the file.
 
   Returns:
     The path written (`save_torch` may change the extension).
   """
   if fmt == 'npy':
-    save_npy(output, params, state)
+    save_npy(output, params, state, bn_eps)
     return output
   state_dict = to_torchvision(params, state, encoder)
   if fmt == 'torchvision':
@@ -903,21 +925,20 @@ def export_checkpoint(checkpoint_dir: str, output: str, fmt: str,
     checkpoint_dir: the pretraining checkpoint directory.
     output: the file to write.
     fmt: 'npy' (the encoder only), 'torchvision' or 'detectron2'.
-    encoder: the encoder name; '' takes the checkpoint's config.model.encoder.
+    encoder: checked against the checkpoint's config.model.encoder (the
+      mismatch error of every entry point, `backbone.from_checkpoint`); ''
+      takes the checkpoint's.
 
   Returns:
     The path written (`save_torch` may change the extension).
   """
-  from detcon import checkpoint
-
-  restored = checkpoint.restore_latest(checkpoint_dir)
-  params, state = restored['params'], restored['state']
-  encoder = encoder or restored['config']['model']['encoder']
-  logging.info('Exporting %s from step %d of %s.', encoder, restored['step'],
-               checkpoint_dir)
+  frozen = backbone.from_checkpoint(checkpoint_dir, encoder or None)
+  params, state = frozen.params, frozen.state
+  logging.info('Exporting %s from step %d of %s.', frozen.encoder,
+               frozen.step, checkpoint_dir)
   if fmt == 'npy':
     params, state = encoder_params_from(params, state)
-  return write(output, fmt, params, state, encoder)
+  return write(output, fmt, params, state, frozen.encoder, frozen.bn_eps)
 
 
 def convert_npy(npy: str, output: str, fmt: str, encoder: str = '') -> str:
@@ -933,9 +954,9 @@ def convert_npy(npy: str, output: str, fmt: str, encoder: str = '') -> str:
   Returns:
     The path written (`save_torch` may change the extension).
   """
-  pretrained = load_pretrained(npy, encoder or None)
-  return write(output, fmt, pretrained.params, pretrained.state,
-               pretrained.encoder)
+  frozen = backbone.from_npy(npy, encoder or None)
+  return write(output, fmt, frozen.params, frozen.state, frozen.encoder,
+               frozen.bn_eps)
 
 
 def main(argv):

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from detcon import networks
+from detcon import backbone
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
 Batch = Mapping[str, np.ndarray]
@@ -61,13 +61,8 @@ def make_features_fn(encoder_name: str, width_multiplier: int,
     A function mapping images to float32 features, the encoder's last feature
     map averaged over space; BatchNorm uses the moving statistics.
   """
-  encode = networks.frozen_encoder(encoder_name, width_multiplier, bn_eps)
-
-  @jax.jit
-  def features(params, state, images):
-    return jnp.mean(encode(params, state, images), axis=(1, 2))
-
-  return functools.partial(features, params, state)
+  return backbone.pooled_features_fn(backbone.Backbone(
+      encoder_name, width_multiplier, bn_eps, params, state, 'given weights'))
 
 
 def _logits(classifier: Mapping[str, jax.Array], features: jax.Array
@@ -234,11 +229,7 @@ def _eval_shards(dataset_directory: str, eval_split: str) -> tuple[list[str],
 
 class _Source(NamedTuple):
   """A frozen encoder to evaluate, and the settings it comes with."""
-  encoder: str
-  width_multiplier: int
-  params: hk.Params
-  state: hk.State
-  bn_eps: float
+  backbone: backbone.Backbone
   num_classes: int
   image_size: int  # Default crop side, pixels.
   dataset_directory: str | None  # Default records.
@@ -249,30 +240,25 @@ class _Source(NamedTuple):
 
 def _from_checkpoint(checkpoint_dir: str) -> _Source:
   """The encoder and settings of the newest checkpoint of a pretraining run."""
-  from detcon import checkpoint  # pylint: disable=g-import-not-at-top
-  restored = checkpoint.restore_latest(checkpoint_dir)
-  config = restored['config']
-  m = config.model
-  return _Source(
-      m.encoder, m.width_multiplier, restored['params'], restored['state'],
-      m.bn_eps, config.num_classes, config.image_size,
-      config.dataset_directory, f'step {restored["step"]} of {checkpoint_dir}',
-      {'pretrain_step': restored['step']}, _CHECKPOINT_FIX)
+  return source_of(backbone.from_checkpoint(checkpoint_dir))
 
 
 def _from_npy(npy: str, encoder: str | None) -> _Source:
-  """The encoder of a released or exported `.npy` file, default settings.
+  """The encoder of a released or exported `.npy` file, its BatchNorm eps.
 
   The classifier gets the file's number of classes when it has a classifier
   (1000 for the released ImageNet files), else 1000.
   """
-  from detcon import export  # pylint: disable=g-import-not-at-top
-  pretrained = export.load_pretrained(npy, encoder)
-  classifier = pretrained.params.get('classifier')
+  return _from_npy_backbone(backbone.from_npy(npy, encoder))
+
+
+def _from_npy_backbone(frozen: backbone.Backbone) -> _Source:
+  """`_from_npy`'s settings for a loaded backbone without a config."""
+  npy = frozen.source
+  classifier = frozen.params.get('classifier')
   num_classes = 1000 if classifier is None else classifier['b'].shape[-1]
   return _Source(
-      pretrained.encoder, pretrained.width_multiplier, pretrained.params,
-      pretrained.state, 1e-5, num_classes, 224, None, npy, {'npy': npy},
+      frozen, num_classes, 224, None, npy, {'npy': npy},
       f'{npy} sets the number of classes from its classifier, or 1000 '
       'without one; evaluate on records with labels up to that')
 
@@ -298,7 +284,8 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
       records have no validation split) or 'train'.
     seed: seeds the classifier and the training crops.
     npy: instead of a checkpoint, a released or exported `.npy` file
-      (`export.load_pretrained`; BatchNorm eps 1e-5).
+      (`backbone.from_npy`; BatchNorm eps as the file records it, else
+      1e-5).
     encoder: with `npy`, the encoder to check the file against; None:
       inferred from its shapes.
     num_classes: classes of the linear classifier; None: the pretraining
@@ -320,7 +307,6 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
       `.npy` file that does not fit, or malformed shards (damaged files are
       all listed at the start).
   """
-  from detcon import data  # pylint: disable=g-import-not-at-top
   if npy:
     if not dataset_directory:
       raise ValueError('--npy needs --dataset_directory (the records to '
@@ -328,6 +314,38 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
     source = _from_npy(npy, encoder)
   else:
     source = _from_checkpoint(checkpoint_dir)
+  result = evaluate_source(
+      source, dataset_directory, num_steps=num_steps, batch_size=batch_size,
+      learning_rate=learning_rate, image_size=image_size,
+      eval_split=eval_split, seed=seed, num_classes=num_classes)
+  if not npy:
+    with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
+      f.write(json.dumps(result, sort_keys=True) + '\n')
+  return result
+
+
+def source_of(frozen: backbone.Backbone) -> _Source:
+  """The settings a backbone comes with: its pretraining run's, if known.
+
+  A backbone with a pretraining config (from a checkpoint or a live run)
+  defaults to that run's classes, crop size and records; any other to those
+  of a `.npy` file.
+  """
+  config = frozen.config
+  if config is None:
+    return _from_npy_backbone(frozen)
+  where = f'step {frozen.step} of {frozen.source}'
+  return _Source(frozen, config['num_classes'], config['image_size'],
+                 config['dataset_directory'], where,
+                 {'pretrain_step': frozen.step}, _CHECKPOINT_FIX)
+
+
+def evaluate_source(source: _Source, dataset_directory: str | None, *,
+                    num_steps: int, batch_size: int, learning_rate: float,
+                    image_size: int | None, eval_split: str, seed: int,
+                    num_classes: int | None) -> dict[str, Any]:
+  """`run` on a loaded source (same arguments and result); writes nothing."""
+  from detcon import data  # pylint: disable=g-import-not-at-top
   dataset_directory = dataset_directory or source.dataset_directory
   image_size = image_size or source.image_size
   fix = source.fix
@@ -346,11 +364,10 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
   paths = list(dict.fromkeys(train_paths + eval_paths))
   counts = dict(zip(paths, data.count_records_per_file(paths), strict=True))
   logging.info('Linear evaluation of %s (%s) at %dx%d: %d steps of batch %d '
-               'on %s, evaluation on its %s split.', source.encoder,
+               'on %s, evaluation on its %s split.', source.backbone.encoder,
                source.name, image_size, image_size, num_steps, batch_size,
                dataset_directory, eval_split)
-  features_fn = make_features_fn(source.encoder, source.width_multiplier,
-                                 source.params, source.state, source.bn_eps)
+  features_fn = backbone.pooled_features_fn(source.backbone)
   train_batches = data.make_eval_dataset(
       train_paths, batch_size=batch_size, image_size=image_size,
       mode='random', seed=seed,
@@ -369,9 +386,6 @@ def run(checkpoint_dir: str | None, dataset_directory: str | None = None, *,
                             batch_size))
   result.update(source.result, eval_split=eval_split, num_classes=num_classes,
                 skipped_records=data.skipped_records(paths))
-  if not npy:
-    with open(os.path.join(checkpoint_dir, RESULT_FILE), 'w') as f:
-      f.write(json.dumps(result, sort_keys=True) + '\n')
   return result
 
 

@@ -33,6 +33,7 @@ from detcon import (
   optim,
   run_lock,
   train,
+  train_evals,
 )
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -130,6 +131,7 @@ def validate(config) -> None:
     raise ValueError(
         f'--config.grid_size={config.grid_size}: use n >= 1 with n x n ids '
         f'at most --config.detcon.max_mask_id={config.detcon.max_mask_id}')
+  train_evals.validate(config)
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(f'--batch_size={config.batch_size} does not divide over '
@@ -236,7 +238,8 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   else:
     batches = real_batches(config, local_devices, per_device)
   warmup, total = optim.warmup_and_total_steps(
-      config.pretrain_epochs, config.batch_size, config.num_train_images)
+      config.pretrain_epochs, config.batch_size, config.num_train_images,
+      config.optimizer.warmup_epochs_divisor)
   if config.max_steps > 0:
     total = config.max_steps
     warmup = min(warmup, total // 10)
@@ -271,7 +274,7 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   start_step, start = step, time.time()
   last_log = last_save = time.time()
   saved_step = step
-  log_step, metrics = step, {}
+  log_step, metrics, eval_metrics = step, {}, {}
   progress = ProgressBar(total, step, config.batch_size,
                          progress_bar and jax.process_index() == 0)
   while step < total and not preemption.requested:
@@ -290,11 +293,16 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
       metrics['skipped_records'] = _skipped_records(config)
       _log_metrics(step, metrics, writer)
       last_log, log_step = now, step
+    evals = train_evals.run_due(config, step, total, state.params, state.state)
+    if evals:
+      metrics, eval_metrics = {**metrics, **evals}, evals
+      _log_metrics(step, evals, writer)
     progress.update(step, device_metrics, metrics if logged else None)
     if manager and (now - last_save >= config.save_checkpoint_interval):
       checkpoint.save(manager, state, config)
       last_save, saved_step = now, step
   progress.close()
+  train_evals.write(config.checkpoint_dir, step, eval_metrics)
   if manager:
     if saved_step != step:
       checkpoint.save(manager, state, config)

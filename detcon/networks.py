@@ -118,28 +118,6 @@ class MLP(hk.Module):
     return x.reshape(*lead, self._out)
 
 
-def frozen_encoder(encoder: str, width_multiplier: int = 1,
-                   bn_eps: float = 1e-5):
-  """The encoder in inference mode, as a pure function.
-
-  Returns:
-    `encode(params, state, images) -> features`: images float `[B, H, W, 3]`
-    in [0, 1], features float32 `[B, H/32, W/32, C]`; BatchNorm uses the
-    moving statistics in `state`. `params` may hold other modules too (a
-    whole pretraining network); only 'encoder/...' is read.
-  """
-  bn = bn_config(0.9, bn_eps, None)  # The decay is unused in inference.
-  model = hk.without_apply_rng(hk.transform_with_state(
-      lambda images: ResNetEncoder(encoder, width_multiplier, bn)(
-          images, is_training=False)))
-
-  def encode(params, state, images):
-    features, _ = model.apply(params, state, images)
-    return features.astype(jnp.float32)
-
-  return encode
-
-
 def init_encoder(encoder: str, width_multiplier: int,
                  rng: jax.Array) -> tuple[hk.Params, hk.State]:
   """Randomly initialised encoder parameters and BatchNorm state."""

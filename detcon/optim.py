@@ -6,10 +6,22 @@ import optax
 
 
 def warmup_and_total_steps(pretrain_epochs: int, batch_size: int,
-                           num_train_images: int) -> tuple[int, int]:
-  """Returns (warm-up steps, total steps); warm-up is `epochs // 100` epochs."""
+                           num_train_images: int,
+                           warmup_epochs_divisor: int = 100
+                           ) -> tuple[int, int]:
+  """Returns (warm-up steps, total steps).
+
+  The warm-up lasts `pretrain_epochs // warmup_epochs_divisor` epochs (the
+  original's divisor: 100, i.e. 10 epochs of 1000).
+  """
+  if warmup_epochs_divisor < 1:
+    raise ValueError(f'config.optimizer.warmup_epochs_divisor='
+                     f'{warmup_epochs_divisor}: use a positive integer '
+                     '(warm-up epochs = pretrain_epochs // it; 100 in the '
+                     'original)')
   total = pretrain_epochs * num_train_images // batch_size
-  warmup = (pretrain_epochs // 100) * num_train_images // batch_size
+  warmup = ((pretrain_epochs // warmup_epochs_divisor) * num_train_images
+            // batch_size)
   return warmup, total
 
 

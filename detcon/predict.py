@@ -5,7 +5,7 @@ r"""A pretrained encoder on one image: its top-5 classes and a picture.
       --imagenet_metadata_file=imagenet_metadata.txt] [--output=predict.png]
 
 What the original release's Colab does, as a command. The weights come from a
-released or exported `.npy` file (`export.load_pretrained`; the encoder is
+released or exported `.npy` file (`backbone.from_npy`; the encoder is
 inferred from its shapes). The image (default: the coffee photo that ships with
 scikit-image) gets the evaluation crop of linear evaluation (centre square of
 side S/(S+32) x the short side, bicubic to S x S); the encoder runs in
@@ -25,19 +25,16 @@ components over the segments, each scaled to [0, 1], are painted as RGB on
 the segment's pixels, so segments the encoder sees alike look alike.
 """
 
-import functools
 import os
 import sys
 
-import haiku as hk
-import jax
 import numpy as np
 from absl import app, flags, logging
 from PIL import Image, UnidentifiedImageError
 from skimage import color, segmentation
 from skimage import data as skimage_data
 
-from detcon import export, networks, plots, records
+from detcon import backbone, plots, records
 
 DEFAULT_IMAGE = 'coffee'  # skimage.data.coffee(): a cup of coffee, 400x600.
 
@@ -89,16 +86,6 @@ def crop_segments(segments: np.ndarray, window: tuple[int, ...],
   cols = x + (np.arange(image_size) + 0.5) * w // image_size
   cropped = segments[np.ix_(rows.astype(int), cols.astype(int))]
   return np.unique(cropped, return_inverse=True)[1].reshape(cropped.shape)
-
-
-@functools.cache
-def _feature_map_fn(encoder: str, width_multiplier: int):
-  """Jitted `(params, state, images [B, S, S, 3]) -> [B, S/32, S/32, C]`."""
-  bn = networks.bn_config(0.9, 1e-5, None)
-  model = hk.without_apply_rng(hk.transform_with_state(
-      lambda x: networks.ResNetEncoder(encoder, width_multiplier, bn)(
-          x, is_training=False)))
-  return jax.jit(lambda p, s, x: model.apply(p, s, x)[0])
 
 
 def segment_features(segments: np.ndarray, feature_map: np.ndarray
@@ -201,15 +188,14 @@ def run(npy: str, image_path: str | None, output: str, *, image_size: int,
                      'of 32 (the encoder output stride), e.g. 224')
   names = read_class_names(labels_file, metadata_file)
   photo = read_image(image_path)
-  pretrained = export.load_pretrained(npy)
+  pretrained = backbone.from_npy(npy)
   window = crop_window(photo, image_size)
   image = crop_image(photo, window, image_size)
   segments = crop_segments(
       segmentation.felzenszwalb(photo, scale=fh_scale, min_size=fh_min_size),
       window, image_size)
-  feature_map = np.asarray(_feature_map_fn(
-      pretrained.encoder, pretrained.width_multiplier)(
-          pretrained.params, pretrained.state, image[None]))[0]
+  feature_map = np.asarray(backbone.feature_map_fn(pretrained)(
+      image[None]))[0]
   classifier = pretrained.params.get('classifier')
   if classifier is None:
     lines = [f'{npy} has no classifier: no classes to show.']

@@ -26,6 +26,7 @@ and the loss is averaged over the axis inside the differentiated function, so
 the gradient is exactly that of the loss on the global batch.
 """
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -102,19 +103,27 @@ def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
   Output dict: `projection` `[B, K, 256]`; when `online`, also `prediction`
   `[B, K, 256]` (objectives with a target only) and classifier `logits`
   `[B, num_classes]` (when `num_classes > 0`). Always in training mode
-  (BatchNorm on batch statistics).
+  (BatchNorm on batch statistics). The compute dtype (`config.dtype`) holds
+  inside this network only: its mixed-precision policies are pushed while
+  it is traced, so other networks of the process (a frozen float32
+  encoder) are unaffected.
   """
   m = config.model
   bn = networks.bn_config(m.bn_decay, m.bn_eps, axis_name)
   policy = jmp.get_policy(f'params=float32,compute={config.dtype},'
                           'output=float32')
-  hk.mixed_precision.set_policy(networks.ResNetEncoder, policy)
-  hk.mixed_precision.set_policy(networks.MLP, policy)
   # BatchNorm computes in float32 and hands the compute dtype on.
-  hk.mixed_precision.set_policy(hk.BatchNorm, jmp.get_policy(
-      f'params=float32,compute=float32,output={config.dtype}'))
+  bn_policy = jmp.get_policy(
+      f'params=float32,compute=float32,output={config.dtype}')
 
   def forward(images, pool_weights, online):
+    with contextlib.ExitStack() as scope:
+      for cls, p in ((networks.ResNetEncoder, policy), (networks.MLP, policy),
+                     (hk.BatchNorm, bn_policy)):
+        scope.enter_context(hk.mixed_precision.push_policy(cls, p))
+      return _forward(images, pool_weights, online)
+
+  def _forward(images, pool_weights, online):
     encoder = networks.ResNetEncoder(m.encoder, m.width_multiplier, bn)
     features = encoder(images, is_training=True)
     b, _, _, c = features.shape

@@ -245,7 +245,8 @@ def test_export_checkpoint(tmp_path, monkeypatch):
   fake = type(sys)('detcon.checkpoint')
   fake.restore_latest = lambda d: {
       'params': params, 'state': state, 'step': 7,
-      'config': {'model': {'encoder': 'ResNet18'}}}
+      'config': {'model': {'encoder': 'ResNet18', 'width_multiplier': 1,
+                           'bn_eps': 1e-5}}}
   monkeypatch.setitem(sys.modules, 'detcon.checkpoint', fake)
   import detcon
   monkeypatch.setattr(detcon, 'checkpoint', fake, raising=False)

@@ -197,3 +197,12 @@ def test_lars_exclusions_matter():
   expected = -1e-3 * np.linalg.norm(w) / np.linalg.norm(g) * g
   np.testing.assert_allclose(np.asarray(updates['linear']['w']), expected,
                              rtol=1e-5)
+
+
+def test_warmup_epochs_divisor_sets_the_warmup():
+  assert optim.warmup_and_total_steps(1000, 4096, IMAGENET_TRAIN_IMAGES) == (
+      optim.warmup_and_total_steps(1000, 4096, IMAGENET_TRAIN_IMAGES, 100))
+  warmup, total = optim.warmup_and_total_steps(100, 10, 1000, 20)
+  assert (warmup, total) == (5 * 1000 // 10, 100 * 1000 // 10)
+  with pytest.raises(ValueError, match='warmup_epochs_divisor=0'):
+    optim.warmup_and_total_steps(100, 10, 1000, 0)

@@ -101,4 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.save_checkpoint_interval = 300  # Seconds.
   c.keep_checkpoints = 3
   c.log_tensors_interval = 60  # Seconds.
+  # Evaluators during pretraining (`detcon.train_evals`): name -> dict(
+  # evaluator='knn', every_steps=N, settings=dict(...)). Empty: none.
+  c.evals = ml_collections.ConfigDict()
   return c

@@ -1,0 +1,12 @@
+"""Dense evaluator: the linear probe (BatchNorm + 1x1 conv) of `dense_eval`."""
+
+import ml_collections
+
+from detcon import backbone
+from detcon.evaluators import dense
+
+
+def evaluate(frozen: backbone.Backbone,
+             settings: ml_collections.ConfigDict) -> dict[str, float]:
+  """{'miou', 'pixel_accuracy'} of the 'linear' protocol (`dense.DEFAULTS`)."""
+  return dense.evaluate_protocol(frozen, settings, 'linear')
