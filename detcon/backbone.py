@@ -43,7 +43,7 @@ class Backbone:
   feature functions ignore.
   """
   encoder: str  # One of networks.ENCODERS.
-  width_multiplier: int
+  width_multiplier: float
   bn_eps: float
   params: hk.Params
   state: hk.State
@@ -63,7 +63,8 @@ class Backbone:
   @property
   def num_features(self) -> int:
     """Channels C of the final feature map."""
-    return networks.ENCODERS[self.encoder][2][-1] * self.width_multiplier
+    return networks.scaled_channels(networks.ENCODERS[self.encoder][2][-1],
+                                   self.width_multiplier)
 
 
 def encoder_mismatch(encoder: str, found: str, where: str) -> ValueError:
@@ -87,7 +88,7 @@ def from_checkpoint(checkpoint_dir: str,
   if encoder and encoder != m['encoder']:
     raise encoder_mismatch(encoder, m['encoder'],
                            f'the checkpoint in {checkpoint_dir}')
-  return Backbone(m['encoder'], int(m['width_multiplier']),
+  return Backbone(m['encoder'], float(m['width_multiplier']),
                   float(m['bn_eps']), restored['params'], restored['state'],
                   checkpoint_dir, step=restored['step'],
                   config=restored['config'])
@@ -106,7 +107,7 @@ def from_npy(npy: str, encoder: str | None = None) -> Backbone:
                   pretrained.bn_eps, pretrained.params, pretrained.state, npy)
 
 
-def from_random(encoder: str = 'ResNet50', width_multiplier: int = 1,
+def from_random(encoder: str = 'ResNet50', width_multiplier: float = 1,
                 seed: int = 0) -> Backbone:
   """Randomly initialised weights (BatchNorm statistics 0 and 1)."""
   networks.check_encoder_name(encoder)
@@ -120,14 +121,14 @@ def from_params(params: hk.Params, state: hk.State, model: Mapping[str, Any],
                 source: str, step: int | None = None,
                 config: Mapping[str, Any] | None = None) -> Backbone:
   """The weights of a (live) network built with the config's `model`."""
-  return Backbone(model['encoder'], int(model['width_multiplier']),
+  return Backbone(model['encoder'], float(model['width_multiplier']),
                   float(model['bn_eps']), params, state, source, step=step,
                   config=config)
 
 
 def load(*, checkpoint_dir: str | None = None, npy: str | None = None,
          init: str | None = None, encoder: str | None = None,
-         width_multiplier: int = 1, seed: int = 0) -> Backbone:
+         width_multiplier: float = 1, seed: int = 0) -> Backbone:
   """The backbone from exactly one of the three sources of the commands.
 
   Args:
@@ -157,7 +158,7 @@ def load(*, checkpoint_dir: str | None = None, npy: str | None = None,
 
 
 @functools.cache
-def _encode_fn(encoder: str, width_multiplier: int, bn_eps: float,
+def _encode_fn(encoder: str, width_multiplier: float, bn_eps: float,
                pooled: bool):
   """Jitted `(params, state, images) -> float32 features`, one per network.
 

@@ -661,8 +661,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('encoder', None, 'Encoder of --init (default '
                       'ResNet50); checked against --checkpoint_dir and --npy '
                       '(whose encoder is otherwise read from the shapes).')
-  flags.DEFINE_integer('width_multiplier', 1, 'Width multiplier of --init.',
-                       lower_bound=1)
+  flags.DEFINE_float('width_multiplier', 1, 'Width multiplier of --init '
+                     '(e.g. 0.25, 0.5, 1, 2).', lower_bound=0.01)
   flags.DEFINE_list('protocols', list(PROTOCOLS), 'Comma-separated: linear '
                     '(BatchNorm + 1x1 conv probe), nn (nearest-neighbour '
                     'retrieval).')

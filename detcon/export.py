@@ -251,7 +251,7 @@ def load_npy(path: str) -> tuple[dict[str, dict[str, np.ndarray]],
   return unflatten(flat)
 
 
-def encoder_shapes(encoder: str, width_multiplier: int = 1
+def encoder_shapes(encoder: str, width_multiplier: float = 1
                    ) -> tuple[Tree, Tree]:
   """`(params, state)` trees of `jax.ShapeDtypeStruct` of our encoder.
 
@@ -261,7 +261,7 @@ def encoder_shapes(encoder: str, width_multiplier: int = 1
 
 
 @functools.cache
-def _encoder_shapes(encoder: str, width_multiplier: int) -> tuple[Tree, Tree]:
+def _encoder_shapes(encoder: str, width_multiplier: float) -> tuple[Tree, Tree]:
   bn = networks.bn_config(0.9, 1e-5, None)  # Shapes depend on neither.
   model = hk.transform_with_state(
       lambda x: networks.ResNetEncoder(encoder, width_multiplier, bn)(x, True))
@@ -348,7 +348,7 @@ class Pretrained(NamedTuple):
   (counters int32), in our shapes.
   """
   encoder: str  # One of networks.ENCODERS.
-  width_multiplier: int
+  width_multiplier: float
   params: dict[str, dict[str, np.ndarray]]
   state: dict[str, dict[str, np.ndarray]]
   bn_eps: float = DEFAULT_BN_EPS  # BatchNorm epsilon the file records.
@@ -386,14 +386,14 @@ def _closest_encoder(rel: Mapping[str, Any]) -> str:
   return min(networks.ENCODERS, key=distance)
 
 
-def _width(rel: Mapping[str, np.ndarray]) -> int:
+def _width(rel: Mapping[str, np.ndarray]) -> float:
   """The width multiplier: the stem's output channels / 64 (1 if unknown)."""
   for key in ('initial_conv/w', 'initial_batchnorm/scale',
               'block_group_0/~/block_0/~/conv_0/w'):
     if key in rel and np.ndim(rel[key]):
       channels = np.shape(rel[key])[-1]
-      if channels % 64 == 0 and channels:
-        return channels // 64
+      if channels:
+        return channels // 64 if channels % 64 == 0 else channels / 64
   return 1
 
 
@@ -458,7 +458,7 @@ def _head_sizes(flat: Mapping[str, Any], head: str) -> tuple[int, int, int]:
 
 
 def pretrained_from_dict(tree: Mapping[str, Any], encoder: str | None = None,
-                         width_multiplier: int | None = None,
+                         width_multiplier: float | None = None,
                          what: str = 'the weights') -> Pretrained:
   """Reads pretrained weights of our flat or the released nested layout.
 
@@ -543,7 +543,7 @@ def pretrained_from_dict(tree: Mapping[str, Any], encoder: str | None = None,
 
 
 def load_pretrained(path: str, encoder: str | None = None,
-                    width_multiplier: int | None = None) -> Pretrained:
+                    width_multiplier: float | None = None) -> Pretrained:
   """Reads a released or exported `.npy` file (`pretrained_from_dict`).
 
   Args:
@@ -564,7 +564,7 @@ def load_pretrained(path: str, encoder: str | None = None,
 
 
 def import_npy(path: str, encoder: str | None = None,
-               width_multiplier: int | None = None
+               width_multiplier: float | None = None
                ) -> tuple[dict[str, dict[str, np.ndarray]],
                           dict[str, dict[str, np.ndarray]]]:
   """`load_pretrained`'s `(params, state)`: our encoder, heads if present.

@@ -44,7 +44,7 @@ FeaturesFn = Callable[[jax.Array], jax.Array]
 Batch = Mapping[str, np.ndarray]
 
 
-def make_features_fn(encoder_name: str, width_multiplier: int,
+def make_features_fn(encoder_name: str, width_multiplier: float,
                      params: hk.Params, state: hk.State,
                      bn_eps: float = 1e-5) -> FeaturesFn:
   """A jitted frozen encoder: images [B, S, S, 3] in [0, 1] -> [B, C].
