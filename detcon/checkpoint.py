@@ -3,9 +3,11 @@
 A checkpoint directory holds one sub-folder per saved step. Orbax writes each
 to a temporary name and renames it once complete, so a process killed during
 a save leaves the previous checkpoints intact and readable. Each step folder
-holds two items: `state` (the whole `TrainState`: step, online and target
-parameters, BatchNorm statistics, optimiser state and RNG) and `config` (the
-run's config as JSON, so exports and evaluations rebuild the same network).
+holds two or three items: `state` (the whole `TrainState`: step, online and
+target parameters, BatchNorm statistics, optimiser state and RNG), `config`
+(the run's config as JSON, so exports and evaluations rebuild the same
+network) and, for runs on records, `input` (where the data stream stands:
+`record_order.input_state`, a few hundred bytes of JSON).
 """
 
 import os
@@ -22,16 +24,42 @@ def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=options,
       item_handlers=dict(state=ocp.StandardCheckpointHandler(),
-                         config=ocp.JsonCheckpointHandler()))
+                         config=ocp.JsonCheckpointHandler(),
+                         input=ocp.JsonCheckpointHandler()))
 
 
 def save(manager: ocp.CheckpointManager, train_state,
-         config: ml_collections.ConfigDict) -> None:
-  """Starts saving `train_state` at its step (asynchronously; see `wait`)."""
+         config: ml_collections.ConfigDict,
+         input_state: dict | None = None) -> None:
+  """Starts saving `train_state` at its step (asynchronously).
+
+  Args:
+    manager: from `make_manager`.
+    train_state: the `TrainState`.
+    config: the run's config.
+    input_state: where the data stream stands (`record_order.input_state`);
+      None for runs without one (mock data).
+  """
   step = int(jax.device_get(train_state.step))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(train_state._asdict()),
-      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  items = dict(state=ocp.args.StandardSave(train_state._asdict()),
+               config=ocp.args.JsonSave(config.to_dict()))
+  if input_state is not None:
+    items['input'] = ocp.args.JsonSave(input_state)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore_saved(manager: ocp.CheckpointManager, step: int,
+                  item: str) -> dict | None:
+  """The JSON item `item` ('config' or 'input') of step `step`, or None.
+
+  None when that checkpoint has no such item (`input` is missing from
+  checkpoints written before the data stream's position was kept).
+  """
+  if not os.path.isdir(os.path.join(manager.directory, str(step), item)):
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      **{item: ocp.args.JsonRestore()}))
+  return restored[item]
 
 
 def restore_latest_state(manager: ocp.CheckpointManager, like):

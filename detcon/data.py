@@ -35,11 +35,12 @@ import struct
 import threading
 
 import jax
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from detcon import masks as masks_lib
-from detcon import records
+from detcon import record_order, records
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLITS = ('train', 'validation')
@@ -151,6 +152,15 @@ def count_records(paths: list[str]) -> int:
 def count_records_per_file(paths: list[str]) -> list[int]:
   """Checks that every file is whole and counts its records.
 
+  Raises:
+    ValueError: damaged files, as `record_offsets_per_file`.
+  """
+  return [len(offsets) for offsets in record_offsets_per_file(paths)]
+
+
+def record_offsets_per_file(paths: list[str]) -> list[np.ndarray]:
+  """Checks that every file is whole and finds where each record starts.
+
   Local files are checked from their record headers (length and its
   checksum) without reading the payload, which takes seconds for ImageNet;
   other file systems (`gs://...`) are read through tf.data, which also checks
@@ -160,19 +170,20 @@ def count_records_per_file(paths: list[str]) -> list[int]:
     paths: TFRecord files.
 
   Returns:
-    The number of records of each file, in the order of `paths`.
+    For each file of `paths`, in order, int64 `[records]`: the byte offset
+    of each record's frame.
 
   Raises:
     ValueError: one or more damaged files (truncated, not a TFRecord file,
       corrupt), all listed in one message with how to remake them.
   """
   def scan(path):
-    counter = (_count_remote_records if '://' in path
-               else _count_local_records)
+    walk = (_remote_record_offsets if '://' in path
+            else _local_record_offsets)
     try:
-      return counter(path), None
+      return walk(path), None
     except _DamagedFileError as e:
-      return 0, f'{path}: {e}'
+      return None, f'{path}: {e}'
 
   with concurrent.futures.ThreadPoolExecutor(_SCAN_THREADS) as pool:
     results = list(pool.map(scan, paths))
@@ -181,26 +192,30 @@ def count_records_per_file(paths: list[str]) -> list[int]:
     raise ValueError(
         f'{len(damaged)} of {len(paths)} TFRecord files are damaged:\n  '
         + '\n  '.join(damaged) + f'\nTo remake a damaged file, {REMAKE}.')
-  return [count for count, _ in results]
+  return [offsets for offsets, _ in results]
 
 
 class _DamagedFileError(Exception):
   """A TFRecord file that cannot be read whole; the message says why."""
 
 
-def _count_local_records(path):
-  """Counts records by hopping over `length, crc, data, crc` frames.
+def _local_record_offsets(path):
+  """Record offsets, by hopping over `length, crc, data, crc` frames.
 
   Checks each frame's length against its checksum and the file size.
+
+  Returns:
+    int64 `[records]`, the byte offset of each frame.
 
   Raises:
     _DamagedFileError: a frame cut short or a bad length checksum.
   """
-  count = 0
+  offsets = []
   size = os.path.getsize(path)
   with open(path, 'rb') as f:
     while f.tell() < size:
       start = f.tell()
+      count = len(offsets)
       header = f.read(12)  # uint64 length, uint32 masked crc32c of it.
       if len(header) < 12:
         raise _DamagedFileError(
@@ -217,12 +232,12 @@ def _count_local_records(path):
             f'truncated: record {count} at byte {start} needs {end} bytes, '
             f'the file has {size}')
       f.seek(end)
-      count += 1
-  return count
+      offsets.append(start)
+  return np.array(offsets, np.int64)
 
 
-def _count_remote_records(path):
-  """Counts records through tf.data (any file system; checks payloads).
+def _remote_record_offsets(path):
+  """Record offsets, read through tf.data (any file system; checks payloads).
 
   The frames read must fill the file: TensorFlow takes a file that ends
   inside a record header for a whole one.
@@ -230,24 +245,21 @@ def _count_remote_records(path):
   Raises:
     _DamagedFileError: a record cut short or with a bad checksum.
   """
-  def add(totals, record):  # (records, bytes); a frame adds 16 bytes.
-    length = tf.cast(tf.strings.length(record), tf.int64)
-    return totals[0] + 1, totals[1] + length + 16
-
-  zero = tf.constant(0, tf.int64)
+  ds = tf.data.TFRecordDataset(path, buffer_size=8 << 20).map(
+      lambda record: tf.cast(tf.strings.length(record), tf.int64) + 16)
   try:
-    count, size = tf.data.TFRecordDataset(path, buffer_size=8 << 20).reduce(
-        (zero, zero), add)
+    frames = np.fromiter(ds.as_numpy_iterator(), np.int64)  # Frame sizes.
   except tf.errors.DataLossError as e:
     # The message's reason, without the op's names around it.
     reason = re.sub(r'\{\{.*?\}\}|\[Op:.*', '', e.message).strip()
     raise _DamagedFileError(reason) from e
+  size = int(frames.sum())
   file_size = tf.io.gfile.stat(path).length
-  if int(size) != file_size:
+  if size != file_size:
     raise _DamagedFileError(
-        f'truncated: {file_size - int(size)} bytes after the last whole record '
-        f'(byte {int(size)})')
-  return int(count)
+        f'truncated: {file_size - size} bytes after the last whole record '
+        f'(byte {size})')
+  return np.cumsum(frames) - frames
 
 
 def _crc32c_table():
@@ -276,24 +288,43 @@ def _masked_crc32c(data: bytes) -> int:
 def skipped_records(paths: list[str] | None = None) -> int:
   """Records this process could not read so far, over all its pipelines.
 
-  The pipelines read each file with its errors ignored and expect its count
-  from `count_records_per_file`; a file that ends early (a record whose
-  checksum fails: TensorFlow stops reading a file there; or damaged since it
-  was counted) adds its missing records here once, however many epochs read
-  it, and logs one warning that names it. With fewer files than processes, a
-  process counts only its own share of each file's records.
+  The evaluation pipelines read each file with its errors ignored and
+  expect its count from `count_records_per_file`; a file that ends early (a
+  record whose checksum fails: TensorFlow stops reading a file there; or
+  damaged since it was counted) adds its missing records here once, however
+  many epochs read it, and logs one warning that names it. With fewer files
+  than processes, a process counts only its own share of each file's
+  records. The pretraining order reads records one by one: each record it
+  cannot read adds one, once, with a warning that names it.
 
   Args:
     paths: count only these files; None: every file.
   """
   with _skipped_lock:
-    if paths is None:
-      return sum(_skipped_by_file.values())
-    return sum(_skipped_by_file.get(p, 0) for p in set(paths))
+    paths = set(_skipped_by_file) | set(_unreadable) if paths is None else (
+        set(paths))
+    return sum(_skipped_by_file.get(p, 0) + len(_unreadable.get(p, ()))
+               for p in paths)
 
 
 _skipped_lock = threading.Lock()
-_skipped_by_file: dict[str, int] = {}
+_skipped_by_file: dict[str, int] = {}  # File -> records it lost.
+_unreadable: dict[str, set[int]] = {}  # File -> offsets of records lost.
+
+
+def _note_unreadable_record(index: record_order.RecordIndex, record: int):
+  """Counts a record the pretraining order could not read; warns once."""
+  path = index.paths[index.file_of[record]]
+  offset = int(index.offset_of[record])
+  with _skipped_lock:
+    lost = _unreadable.setdefault(path, set())
+    if offset in lost:
+      return
+    lost.add(offset)
+  logging.warning(
+      '%s: the record at byte %d cannot be read (its checksum fails: the '
+      'file was damaged after it was counted); it is skipped. To remake the '
+      'file, %s.', path, offset, REMAKE)
 
 
 def _note_short_file(path, expected, share):
@@ -663,10 +694,15 @@ def make_pretrain_dataset(
     paths: list[str], *, per_device_batch: int, local_devices: int,
     image_size: int = 224, fh_mask_to_use: int | None = None, seed: int = 0,
     process_index: int | None = None, process_count: int | None = None,
-    shuffle_buffer_batches: int = 10, masks: str = 'fh',
-    grid_size: int = 4,
-    record_counts: list[int] | None = None) -> tf.data.Dataset:
-  """The infinite DetCon pretraining stream of this JAX process (SPEC 2).
+    masks: str = 'fh', grid_size: int = 4,
+    record_offsets: list[np.ndarray] | None = None,
+    start: int = 0) -> tf.data.Dataset:
+  """The infinite DetCon pretraining stream of this JAX process.
+
+  The records come in the order of `record_order`: a seeded permutation of
+  all records each epoch, every process its share, so element k of the
+  stream (and its crops and flips) depends only on the settings and k, and
+  `start=k` continues a stream that consumed k elements exactly.
 
   Args:
     paths: TFRecord shards (`find_shards(directory, 'train')`), all of them:
@@ -677,11 +713,9 @@ def make_pretrain_dataset(
     fh_mask_to_use: None keeps every mask channel; an index keeps that one
       channel only (cheaper), still as a trailing axis of size 1. Unused
       with `masks='grid'` (one map).
-    seed: seeds the file order, the shuffle and every crop and flip.
+    seed: seeds the record order and every crop and flip.
     process_index, process_count: default `jax.process_index()`,
       `jax.process_count()`.
-    shuffle_buffer_batches: shuffle buffer size in batches of this process
-      (the buffer holds serialized records, ~0.1-0.6 MB each on ImageNet).
     masks: the views' masks, one of `masks.SOURCES`: 'fh', 'slic',
       'ground_truth' take the records' masks (made by that method; see
       `check_dataset`); 'grid' draws `grid_masks` over each original image
@@ -689,9 +723,11 @@ def make_pretrain_dataset(
       without masks). Either way the masks are cropped, flipped and resized
       with the view by the same code.
     grid_size: n of the 'grid' masks (n x n rectangles).
-    record_counts: records of each file of `paths`
-      (`count_records_per_file`); None counts them here. A file that yields
-      fewer is skipped past with a warning (see `skipped_records`).
+    record_offsets: `record_offsets_per_file(paths)`; None walks the files
+      here (which raises ValueError on damaged files). A record that cannot
+      be read later (damaged since) is skipped with a warning (see
+      `skipped_records`).
+    start: the first stream element (elements already consumed).
 
   Returns:
     A dataset of dicts, with L = local_devices, B = per_device_batch:
@@ -703,15 +739,64 @@ def make_pretrain_dataset(
   hide_gpus_from_tf()
   if masks == 'grid' and grid_size < 1:
     raise ValueError(f'grid_size={grid_size}: use n >= 1 (n x n rectangles)')
-  use_grid = masks == 'grid'
-  index = jax.process_index() if process_index is None else process_index
-  batch = per_device_batch * local_devices
-  # Counting first lists every damaged file; the check then passes over them.
-  ds = _read(paths, process_index=process_index, process_count=process_count,
-             shuffle=True, seed=seed, record_counts=record_counts)
+  if record_offsets is None:
+    record_offsets = record_offsets_per_file(paths)
+  index = record_order.RecordIndex.from_offsets(paths, record_offsets)
   check_dataset(paths, fh_mask_to_use, masks)
-  ds = ds.shuffle(shuffle_buffer_batches * batch, seed=seed)
-  ds = ds.enumerate()
+  process = jax.process_index() if process_index is None else process_index
+  ds = _records_in_order(index, seed=seed, process_index=process,
+                         process_count=(jax.process_count()
+                                        if process_count is None
+                                        else process_count), start=start)
+  return views_and_batches(
+      ds, per_device_batch=per_device_batch, local_devices=local_devices,
+      image_size=image_size, fh_mask_to_use=fh_mask_to_use, seed=seed,
+      process_index=process, masks=masks, grid_size=grid_size)
+
+
+def _records_in_order(index: record_order.RecordIndex, *, seed: int,
+                      process_index: int, process_count: int,
+                      start: int) -> tf.data.Dataset:
+  """`(k, serialized record)` for k = start, start + 1, ... (`record_order`).
+
+  Records are read by several threads in order; one that cannot be read is
+  left out (its k with it) and noted in `skipped_records`.
+  """
+  order = record_order.Order(index.num_records, seed=seed,
+                             process_index=process_index,
+                             process_count=process_count)
+  reader = record_order.Reader(index)
+
+  def read(k):
+    record = order.record(int(k))
+    serialized = reader.read(record)
+    if serialized is None:
+      _note_unreadable_record(index, record)
+      return b'', False
+    return serialized, True
+
+  def read_element(k):
+    serialized, ok = tf.numpy_function(read, [k], (tf.string, tf.bool),
+                                       stateful=False)
+    return k, tf.ensure_shape(serialized, []), tf.ensure_shape(ok, [])
+
+  ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+  ds = ds.map(read_element, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return ds.filter(lambda k, serialized, ok: ok).map(
+      lambda k, serialized, ok: (k, serialized))
+
+
+def views_and_batches(
+    ds: tf.data.Dataset, *, per_device_batch: int, local_devices: int,
+    image_size: int, fh_mask_to_use: int | None, seed: int,
+    process_index: int, masks: str, grid_size: int) -> tf.data.Dataset:
+  """Two augmented views of each `(k, serialized record)`, batched.
+
+  The crops and flips of element k are seeded by (seed, process_index, k).
+  Arguments and the returned batches as in `make_pretrain_dataset`.
+  """
+  use_grid = masks == 'grid'
+  batch = per_device_batch * local_devices
 
   def preprocess(k, serialized):
     parsed = _parse(serialized, decode_masks=not use_grid,
@@ -720,7 +805,7 @@ def make_pretrain_dataset(
       parsed['masks'] = grid_masks(parsed['height'], parsed['width'],
                                    grid_size)
     seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
-        _element_seed(seed, index, k), 2))
+        _element_seed(seed, process_index, k), 2))
     view1, masks1 = _random_view(parsed, seed1, image_size)
     view2, masks2 = _random_view(parsed, seed2, image_size)
     return dict(view1=view1, view2=view2, fh_segmentations1=masks1,

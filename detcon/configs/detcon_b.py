@@ -34,7 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
   # records carry label 0, no class).
   c.num_classes = 1000
   c.image_size = 224
-  c.shuffle_buffer_batches = 10
   c.mock_data = False  # Random images and blocky masks instead of records.
   # The views' masks (SPEC 10): 'fh' (the records' FH masks), 'slic' or
   # 'ground_truth' (the records' masks made by that method; a record that

@@ -1,0 +1,156 @@
+"""A stopped and resumed pretraining run ends bitwise where an uninterrupted
+one ends: the parameters, the data order, the crops (real records, CPU)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from detcon import checkpoint, main_loop
+from tests.test_main_loop import REPO, TINY, python
+
+STEPS = 5  # 12 records, batch 4: the runs cross epoch boundaries.
+
+
+def _args(records, ckpt, *extra):
+  return ('-m', 'detcon.main_loop', *TINY, f'--max_steps={STEPS}',
+          f'--dataset_directory={records["png"]}', f'--checkpoint_dir={ckpt}',
+          *extra)
+
+
+def _leaves(saved):
+  return jax.tree.leaves({k: saved[k] for k in ('params', 'state',
+                                                'target_params')})
+
+
+def _assert_same_final_state(ckpt, want):
+  got = checkpoint.restore_latest(str(ckpt))
+  assert got['step'] == want['step'] == STEPS
+  for a, b in zip(_leaves(want), _leaves(got), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(records, tmp_path_factory):
+  ckpt = tmp_path_factory.mktemp('whole') / 'ckpt'
+  result = python(*_args(records, ckpt))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return ckpt, checkpoint.restore_latest(str(ckpt))
+
+
+def _start_and_stop(args, after_line, stop):
+  """Starts a run, waits for a log line holding `after_line`, calls `stop`."""
+  proc = subprocess.Popen([sys.executable, *args], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  for line in proc.stderr:
+    if after_line in line:
+      break
+  stop(proc)
+  _, err = proc.communicate(timeout=600)
+  return proc.returncode, err
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_at_a_step_then_resume_equals_uninterrupted(
+    records, uninterrupted, tmp_path, sig):
+  ckpt = tmp_path / 'ckpt'
+  status, err = _start_and_stop(_args(records, ckpt), '] step 2:',
+                                lambda p: p.send_signal(sig))
+  assert f'{sig.name} received' in err
+  assert status == main_loop.EXIT_STOPPED_EARLY, err[-3000:]
+  stopped = checkpoint.restore_latest(str(ckpt))['step']
+  assert 2 <= stopped < STEPS
+  resumed = python(*_args(records, ckpt))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resumed from step {stopped}' in resumed.stderr
+  assert f'for {STEPS} steps (--max_steps={STEPS};' in resumed.stderr
+  assert (f'data continues at element {4 * stopped} of this process'
+          in resumed.stderr)
+  _assert_same_final_state(ckpt, uninterrupted[1])
+
+
+def test_kill_after_a_periodic_save_then_resume_equals_uninterrupted(
+    records, uninterrupted, tmp_path):
+  ckpt = tmp_path / 'ckpt'
+  args = _args(records, ckpt, '--save_checkpoint_interval=0')
+  status, _ = _start_and_stop(args, '] step 3:', lambda p: p.kill())
+  assert status == -signal.SIGKILL
+  resumed = python(*args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from step' in resumed.stderr
+  _assert_same_final_state(ckpt, uninterrupted[1])
+
+
+def _copy(uninterrupted, tmp_path):
+  ckpt = shutil.copytree(uninterrupted[0], tmp_path / 'ckpt')
+  return ckpt, os.path.join(ckpt, str(STEPS))
+
+
+def test_a_changed_input_says_what_changed_and_restarts_an_epoch(
+    records, uninterrupted, tmp_path):
+  ckpt, _ = _copy(uninterrupted, tmp_path)
+  result = python(*_args(records, ckpt, '--config.seed=5', '--batch_size=8',
+                         '--config.masks=grid'))  # Nothing left to train.
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'The input differs from the checkpoint' in result.stderr
+  for change in ('seed: 0 -> 5', 'process_batch: 4 -> 8',
+                 'masks: fh -> grid'):
+    assert change in result.stderr
+  assert 'restarts at the next epoch' in result.stderr
+  # The other settings that changed, in one line.
+  assert "Settings changed since: batch_size: 4 -> 8" in result.stderr
+
+
+def test_a_changed_network_stops_with_both_values(records, uninterrupted,
+                                                  tmp_path):
+  ckpt, _ = _copy(uninterrupted, tmp_path)
+  result = python(*_args(records, ckpt, '--encoder=ResNet34',
+                         '--config.objective=byol'))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert ("--config.model.encoder: 'ResNet18' in the checkpoint, 'ResNet34' "
+          'now') in result.stderr
+  assert "--config.objective: 'detcon_b' in the checkpoint, 'byol' now" in (
+      result.stderr)
+  assert 'another --checkpoint_dir' in result.stderr
+  assert '--config.init_from' in result.stderr
+
+
+def test_another_dataset_is_named(records, uninterrupted, tmp_path):
+  ckpt, _ = _copy(uninterrupted, tmp_path)
+  result = python(*_args(dict(png=records['raw']), ckpt, '--library_logs'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  # --library_logs shows orbax's INFO lines and JAX's backend probing.
+  assert 'Restoring checkpoint from' in result.stderr
+  assert "Unable to initialize backend 'tpu'" in result.stderr
+  # The raw layout's shards hold the same images under the same names and
+  # counts: the same order continues. A folder of other shards is named.
+  assert 'data continues' in result.stderr
+  other = tmp_path / 'one-shard'
+  other.mkdir()
+  shutil.copy(os.path.join(records['png'], 'train-00000-of-00002'),
+              other / 'train-00000-of-00001')
+  result = python(*_args(dict(png=str(other)), ckpt))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Restoring checkpoint from' not in result.stderr  # Quiet default.
+  assert "Unable to initialize backend 'tpu'" not in result.stderr
+  assert 'oneDNN custom operations' not in result.stderr
+  assert 'train files (name:records): 2 gone' in result.stderr
+  assert 'restarts at the next epoch' in result.stderr
+
+
+def test_a_checkpoint_without_input_state_resumes_with_a_warning(
+    records, uninterrupted, tmp_path):
+  ckpt, step_dir = _copy(uninterrupted, tmp_path)
+  shutil.rmtree(os.path.join(step_dir, 'input'))  # As written before.
+  result = python(*_args(records, ckpt, f'--max_steps={STEPS + 1}'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'keeps no input position' in result.stderr
+  assert 'data order restarts at the next epoch' in result.stderr
+  assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
