@@ -55,7 +55,7 @@ from absl import app, flags
 from PIL import Image
 
 from detcon import backbone as backbone_lib
-from detcon import voc
+from detcon import log_setup, voc
 
 PROTOCOLS = ('linear', 'nn')
 CROP_AREA = (0.25, 1.0)  # Fraction of the image area of a training crop.
@@ -702,6 +702,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
+  log_setup.apply()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger().setLevel(logging.INFO)

@@ -96,7 +96,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from detcon import backbone, networks
+from detcon import backbone, log_setup, networks
 
 Tree = Mapping[str, Mapping[str, Any]]
 
@@ -960,6 +960,7 @@ def convert_npy(npy: str, output: str, fmt: str, encoder: str = '') -> str:
 
 
 def main(argv):
+  log_setup.apply()
   import sys
 
   from absl import app, flags

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from detcon import backbone
+from detcon import backbone, log_setup
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
 Batch = Mapping[str, np.ndarray]
@@ -430,6 +430,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
+  log_setup.apply()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS

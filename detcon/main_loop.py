@@ -12,12 +12,14 @@ hosts join through `jax.distributed` (flags, or the cluster environment:
 """
 
 import collections
+import itertools
 import json
 import os
 import signal
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -27,18 +29,28 @@ from ml_collections import config_flags
 
 from detcon import (
   checkpoint,
+  cli,
   distributed,
+  log_setup,
   masks,
   networks,
   optim,
+  record_order,
+  resume,
   run_lock,
   train,
   train_evals,
 )
+from detcon.configs import detcon_b
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'detcon_b.py'),
-    'Config file (get_config()); fields can be overridden as --config.x=y.')
+try:  # ml_collections applies the --config.* overrides here.
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(__file__), 'configs',
+                             'detcon_b.py'),
+      'Config file (get_config()); fields can be overridden as --config.x=y '
+      '(the fields and their defaults: below).')
+except (AttributeError, KeyError) as _error:
+  cli.exit_on_config_typo(_error, 'detcon.main_loop', sys.argv)
 # Shortcuts that set config fields; None leaves the config's value.
 _SHORTCUTS = {
     'dataset_directory': (flags.DEFINE_string, 'Folder of train-%05d-of-%05d '
@@ -57,8 +69,10 @@ _SHORTCUTS = {
                 'default: ResNet50.'),
     'image_size': (flags.DEFINE_integer, 'Crop side in pixels, a multiple of '
                    '32. Config default: 224.'),
-    'max_steps': (flags.DEFINE_integer, 'Stop after this many steps (the '
-                  'schedules then span them). Config default: from epochs.'),
+    'max_steps': (flags.DEFINE_integer, 'Steps to train (the schedules '
+                  'then span them); 0: as many as --pretrain_epochs takes '
+                  'over the training images at --batch_size (the start of '
+                  'the log says which). Config default: 0.'),
     'save_checkpoint_interval': (flags.DEFINE_integer, 'Seconds between '
                                  'checkpoints. Config default: 300.'),
     'dtype': (flags.DEFINE_enum, 'Compute dtype (parameters stay float32). '
@@ -105,6 +119,25 @@ _WORKER_FLAGS = (
 MODEL_FIELDS = ('encoder',)
 
 
+def config_fields_help(config: ml_collections.ConfigDict,
+                       prefix: str = '') -> list[str]:
+  """One line per config field: `--config.<field>  default: <value>`."""
+  lines = []
+  for name, value in sorted(config.items()):
+    if isinstance(value, ml_collections.ConfigDict) and value:
+      lines += config_fields_help(value, f'{prefix}{name}.')
+    else:
+      lines.append(f'  --config.{prefix}{name}  default: {value!r}')
+  return lines
+
+
+# `--help` prints this docstring: it lists every field of the default config
+# (comments on each: detcon/configs/detcon_b.py; docs/method.md).
+__doc__ += ('\nConfig fields (--config.<field>=<value>) and the defaults of '
+            'detcon/configs/detcon_b.py:\n'
+            + '\n'.join(config_fields_help(detcon_b.get_config())) + '\n')
+
+
 def config_from_flags() -> ml_collections.ConfigDict:
   """The config with the shortcut flags applied; `--is_test` settings."""
   config = _CONFIG.value
@@ -138,56 +171,68 @@ def validate(config) -> None:
                      f'the {devices} devices; use a multiple of {devices}')
 
 
-def mock_batches(config, local_devices: int, per_device: int):
+def mock_batches(config, local_devices: int, per_device: int,
+                 start_step: int = 0):
   """Endless random images with blocky masks, shaped like the real input.
 
   Each process yields its slice of the same seeded global batch, so runs on
-  any number of devices and processes see the same data. Without classes
-  (`num_classes` 0) every label is -1.
+  any number of devices and processes see the same data; the batch of step
+  s is drawn from (seed, s), so a resumed run continues with the batches of
+  an uninterrupted one. Without classes (`num_classes` 0) every label is -1.
   """
-  rng = np.random.default_rng(config.seed)
   s, n = config.image_size, config.batch_size
   start = jax.process_index() * local_devices * per_device
   local = slice(start, start + local_devices * per_device)
 
-  def blocks():
-    coarse = rng.integers(0, 6, (n, 4, 4))
-    return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[..., None]
+  for step in itertools.count(start_step):
+    rng = np.random.default_rng([config.seed, step])
 
-  def labels():
-    if not config.num_classes:
-      return np.full(n, -1, np.int32)
-    return rng.integers(0, config.num_classes, n, dtype=np.int32)
+    def blocks(rng=rng):
+      coarse = rng.integers(0, 6, (n, 4, 4))
+      return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[..., None]
 
-  while True:
+    labels = (rng.integers(0, config.num_classes, n, dtype=np.int32)
+              if config.num_classes else np.full(n, -1, np.int32))
     batch = dict(view1=rng.random((n, s, s, 3), np.float32),
                  view2=rng.random((n, s, s, 3), np.float32),
                  fh_segmentations1=blocks().astype(np.int32),
                  fh_segmentations2=blocks().astype(np.int32),
-                 labels=labels())
+                 labels=labels)
     yield {k: v[local].reshape(local_devices, per_device, *v.shape[1:])
            for k, v in batch.items()}
 
 
-def real_batches(config, local_devices: int, per_device: int):
-  """The tf.data pipeline over this process's share of the train shards.
+class TrainRecords(NamedTuple):
+  """What the train shards are, learnt before any step (`inspect_records`).
 
-  Every shard is checked and counted first (its count is what the pipeline
-  expects of it): damaged shards raise one ValueError that lists them. Then
-  the first record is read: records made with other masks than
-  `config.masks` fail here, and when that record carries label 0 (no class,
-  e.g. a flat COCO folder) the online classifier is turned off
-  (`config.num_classes = 0`).
+  Attributes:
+    paths: the shards, all of them.
+    offsets: int64 `[records]` per shard, each record's byte offset.
+    num_records: records in all shards.
+    has_classes: False when the records carry label 0 (no class).
+  """
+  paths: list[str]
+  offsets: list[np.ndarray]
+  num_records: int
+  has_classes: bool
+
+
+def inspect_records(config) -> TrainRecords:
+  """Finds, checks and indexes the train shards of `config.dataset_directory`.
+
+  Every shard is walked first (damaged shards raise one ValueError that lists
+  them), which finds every record's offset for the data order. Then the first
+  record is read: records made with other masks than `config.masks` fail
+  here, and whether the records carry classes is noted.
   """
   # Imported here: TensorFlow loads only for runs that read records.
   from detcon import data  # pylint: disable=g-import-not-at-top
   data.hide_gpus_from_tf()
   paths = data.find_shards(config.dataset_directory, 'train')
-  # Always: damaged shards stop the run here, before any step.
-  counts = data.count_records_per_file(paths)
-  logging.info('Counted %d training records in %d shards.', sum(counts),
+  offsets = data.record_offsets_per_file(paths)
+  num_records = sum(len(o) for o in offsets)
+  logging.info('Counted %d training records in %d shards.', num_records,
                len(paths))
-  config.num_train_images = config.num_train_images or sum(counts)
   first = data.check_dataset(paths, config.detcon.fh_mask_to_use,
                              config.masks)
   if config.masks != 'grid' and first['mask_source'] is None:
@@ -199,27 +244,94 @@ def real_batches(config, local_devices: int, per_device: int):
     logging.info('The records carry label 0 (no class; first record of %s): '
                  'the online classifier is off (num_classes 0, classif_loss '
                  '0, no top1).', first['path'])
-    config.num_classes = 0
+  return TrainRecords(paths, offsets, num_records, first['label'] >= 0)
+
+
+def input_state(config, train_records: TrainRecords, origin: int) -> dict:
+  """This run's `record_order.input_state` (what a checkpoint keeps)."""
+  return record_order.input_state(
+      train_records.paths, [len(o) for o in train_records.offsets],
+      seed=config.seed,
+      process_count=jax.process_count(),
+      process_batch=config.batch_size // jax.process_count(),
+      masks=config.masks, origin=origin)
+
+
+def resume_origin(saved: dict | None, new: dict, step: int) -> int:
+  """The stream element of step 0 for a run at `step`; logs what it does."""
+  origin = record_order.resume_origin(saved, new, step)
+  if step == 0:
+    return origin
+  if saved is None:
+    logging.warning(
+        'The checkpoint of step %d keeps no input position (written before '
+        'it was kept): the data order restarts at the next epoch, element '
+        '%d of this process\'s stream.', step, origin + step *
+        new['process_batch'])
+  elif origin != saved['origin']:
+    logging.warning(
+        'The input differs from the checkpoint\'s (%s): the batches cannot '
+        'continue where they stopped; the data order restarts at the next '
+        'epoch, element %d of this process\'s stream.',
+        '; '.join(record_order.changes(saved, new)),
+        origin + step * new['process_batch'])
+  else:
+    logging.info('The data continues at element %d of this process\'s '
+                 'stream, as if never interrupted.',
+                 origin + step * new['process_batch'])
+  return origin
+
+
+def real_batches(config, train_records: TrainRecords, local_devices: int,
+                 per_device: int, start: int):
+  """The tf.data pipeline of this process, from stream element `start`."""
+  from detcon import data  # pylint: disable=g-import-not-at-top
   ds = data.make_pretrain_dataset(
-      paths, per_device_batch=per_device, local_devices=local_devices,
-      image_size=config.image_size,
+      train_records.paths, per_device_batch=per_device,
+      local_devices=local_devices, image_size=config.image_size,
       fh_mask_to_use=config.detcon.fh_mask_to_use, seed=config.seed,
-      shuffle_buffer_batches=config.shuffle_buffer_batches,
-      masks=config.masks, grid_size=config.grid_size, record_counts=counts)
+      masks=config.masks, grid_size=config.grid_size,
+      record_offsets=train_records.offsets, start=start)
   return ds.as_numpy_iterator()
 
 
-class _Preemption:
-  """Remembers a SIGTERM so the loop can save and stop cleanly."""
+# The exit status of a run that a signal stopped before its last step, after
+# saving (EX_TEMPFAIL: try again later). A finished run exits 0.
+EXIT_STOPPED_EARLY = 75
+
+
+class _StopRequest:
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a request to save and stop.
+
+  The loop polls `requested` after each step. A second SIGINT raises
+  KeyboardInterrupt at once (nothing more is saved). The previous handlers
+  come back on `restore`.
+  """
 
   def __init__(self):
-    self.requested = False
-    signal.signal(signal.SIGTERM, self._handle)
+    self.requested = None  # The signal's name, once one came.
+    self._previous = {sig: signal.signal(sig, self._handle)
+                      for sig in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = name
+    logging.warning('%s received: saving a checkpoint and stopping (exit '
+                    'status %d; the same command resumes).%s', name,
+                    EXIT_STOPPED_EARLY,
+                    ' Ctrl-C again stops at once, without saving.'
+                    if signum == signal.SIGINT else '')
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class StoppedEarly(Exception):
+  """A signal stopped the run before its last step; its state was saved."""
 
 
 def run(config, progress_bar: bool = False) -> dict[str, float]:
@@ -232,20 +344,28 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   validate(config)
   local_devices = jax.local_device_count()
   per_device = config.batch_size // jax.device_count()
+  train_records = None
   if config.mock_data:
     config.num_train_images = config.num_train_images or config.batch_size
-    batches = mock_batches(config, local_devices, per_device)
   else:
-    batches = real_batches(config, local_devices, per_device)
+    train_records = inspect_records(config)
+    config.num_train_images = (config.num_train_images or
+                               train_records.num_records)
+    if not train_records.has_classes:
+      config.num_classes = 0
   warmup, total = optim.warmup_and_total_steps(
       config.pretrain_epochs, config.batch_size, config.num_train_images,
       config.optimizer.warmup_epochs_divisor)
   if config.max_steps > 0:
     total = config.max_steps
     warmup = min(warmup, total // 10)
-  logging.info('Pretraining %s (%s) for %d steps (%d warm-up), batch %d over '
-               '%d devices in %d processes, %d training images.',
-               config.model.encoder, config.objective, total, warmup,
+    reason = f'--max_steps={config.max_steps}'
+  else:
+    reason = (f'--max_steps=0: {config.pretrain_epochs} epochs '
+              '(--pretrain_epochs) of the training images')
+  logging.info('Pretraining %s (%s) for %d steps (%s; %d warm-up), batch %d '
+               'over %d devices in %d processes, %d training images.',
+               config.model.encoder, config.objective, total, reason, warmup,
                config.batch_size, jax.device_count(), jax.process_count(),
                config.num_train_images)
 
@@ -254,30 +374,44 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   state = train.replicate(
       train.init_state(config, jax.random.PRNGKey(config.seed), optimizer),
       mesh)
-  manager = None
+  manager, saved_input = None, None
   if config.checkpoint_dir:
     manager = checkpoint.make_manager(config.checkpoint_dir,
                                       config.keep_checkpoints)
-    restored = checkpoint.restore_latest_state(manager, state)
-    if restored is not None:
-      state = restored
-      logging.info('Resumed from step %d of %s.', int(state.step),
-                   config.checkpoint_dir)
+    latest = manager.latest_step()
+    if latest is not None:
+      # Before the state: a changed network would not fit the checkpoint.
+      changed = resume.check(
+          checkpoint.restore_saved(manager, latest, 'config') or {}, config,
+          latest)
+      state = checkpoint.restore_latest_state(manager, state)
+      saved_input = checkpoint.restore_saved(manager, latest, 'input')
+      logging.info('Resumed from step %d of %s.%s', latest,
+                   config.checkpoint_dir,
+                   f' Settings changed since: {changed}.' if changed else '')
     else:
       logging.info('No checkpoint in %s: starting from step 0.',
                    config.checkpoint_dir)
-  step_fn = train.make_train_step(config, mesh, optimizer, schedule, total)
-  writer = _summary_writer(config)
-  preemption = _Preemption()
-
   step = int(state.step)
+  if config.mock_data:
+    batches = mock_batches(config, local_devices, per_device, step)
+    stream = None
+  else:
+    stream = input_state(config, train_records, origin=0)
+    stream['origin'] = resume_origin(saved_input, stream, step)
+    batches = real_batches(config, train_records, local_devices, per_device,
+                           stream['origin'] + step * stream['process_batch'])
+  step_fn = train.make_train_step(config, mesh, optimizer, schedule, total)
+  writer = _summary_writer(config, step)
+  stop = _StopRequest()
+
   start_step, start = step, time.time()
   last_log = last_save = time.time()
   saved_step = step
   log_step, metrics, eval_metrics = step, {}, {}
   progress = ProgressBar(total, step, config.batch_size,
                          progress_bar and jax.process_index() == 0)
-  while step < total and not preemption.requested:
+  while step < total and not stop.requested:
     state, device_metrics = step_fn(state, train.shard_batch(next(batches),
                                                              mesh))
     step += 1
@@ -299,13 +433,13 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
       _log_metrics(step, evals, writer)
     progress.update(step, device_metrics, metrics if logged else None)
     if manager and (now - last_save >= config.save_checkpoint_interval):
-      checkpoint.save(manager, state, config)
+      checkpoint.save(manager, state, config, stream)
       last_save, saved_step = now, step
   progress.close()
   train_evals.write(config.checkpoint_dir, step, eval_metrics)
   if manager:
     if saved_step != step:
-      checkpoint.save(manager, state, config)
+      checkpoint.save(manager, state, config, stream)
     manager.wait_until_finished()
     logging.info('Saved step %d to %s.', step, config.checkpoint_dir)
   if writer:
@@ -314,6 +448,13 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   logging.info('Done: steps %d -> %d in %.1f s (%.2f images/s).', start_step,
                step, elapsed,
                (step - start_step) * config.batch_size / max(elapsed, 1e-9))
+  stop.restore()
+  if step < total:
+    logging.warning('Stopped by %s at step %d of %d%s; the same command '
+                    'resumes from there.', stop.requested, step, total,
+                    ', saved' if manager else ' (no --checkpoint_dir: '
+                    'nothing saved)')
+    raise StoppedEarly(metrics)
   return metrics
 
 
@@ -407,11 +548,17 @@ class ProgressBar:
     self._bar.close()
 
 
-def _summary_writer(config):
+def _summary_writer(config, step: int):
+  """TensorBoard events of process 0; a resumed run hides logged steps > step.
+
+  A run killed after its last save logged steps it will compute again:
+  `purge_step` hides those from TensorBoard, so no step shows twice.
+  """
   if not config.checkpoint_dir or jax.process_index() != 0:
     return None
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  return SummaryWriter(os.path.join(config.checkpoint_dir, 'tensorboard'))
+  return SummaryWriter(os.path.join(config.checkpoint_dir, 'tensorboard'),
+                       purge_step=step + 1 if step else None)
 
 
 def _skipped_records(config) -> int:
@@ -440,6 +587,7 @@ def _note_worker_flags() -> None:
 
 
 def main(argv):
+  log_setup.apply()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   distributed.join(_COORDINATOR.value, _NUM_PROCESSES.value,
@@ -447,14 +595,20 @@ def main(argv):
   config = config_from_flags()
   _note_worker_flags()
   mode = _PROGRESS_BAR.value
+  status = 0
   try:
+    if config.checkpoint_dir:
+      cli.check_writable_directory(config.checkpoint_dir, '--checkpoint_dir')
     with run_lock.hold(config.checkpoint_dir):
       metrics = run(config, mode == 'on' or
                     (mode == 'auto' and sys.stderr.isatty()))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'detcon.main_loop: error: {e}')
+  except StoppedEarly as e:
+    metrics, status = e.args[0], EXIT_STOPPED_EARLY
   # The last logged scalars, one JSON line (the smoke test's output).
   print(json.dumps(metrics, sort_keys=True))
+  sys.exit(status)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from skimage import color, segmentation
 from skimage import data as skimage_data
 
-from detcon import backbone, plots, records
+from detcon import backbone, cli, image_io, log_setup, plots, records
 
 DEFAULT_IMAGE = 'coffee'  # skimage.data.coffee(): a cup of coffee, 400x600.
 
@@ -52,7 +52,7 @@ def read_image(path: str | None) -> np.ndarray:
     raise FileNotFoundError(f'no such image file: {path}')
   try:
     with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
+      return np.asarray(image_io.to_rgb(image))
   except (UnidentifiedImageError, OSError) as e:
     raise ValueError(f'{path} is not an image PIL can read ({e}); give a '
                      'JPEG or PNG photo') from None
@@ -246,10 +246,12 @@ def _define_flags() -> None:
 
 
 def main(argv):
+  log_setup.apply()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   try:
+    cli.check_writable_file(f.output, '--output')
     lines = run(f.npy, f.image, f.output, image_size=f.image_size,
                 fh_scale=f.fh_scale, fh_min_size=f.fh_min_size,
                 labels_file=f.labels_file,

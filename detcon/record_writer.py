@@ -39,7 +39,7 @@ from absl import logging
 from PIL import Image
 from skimage import segmentation
 
-from detcon import records, voc
+from detcon import image_io, records, voc
 
 MIN_SIDE = 8  # Images with a shorter side (pixels) are skipped as too small.
 JPEG_QUALITY = 95  # For images that are not RGB JPEGs already.
@@ -316,9 +316,13 @@ def init_worker(progress, parent_pid: int):
 
 
 def _to_rgb_jpeg(image: Image.Image) -> bytes:
-  """Decodes `image` with PIL and re-encodes it as an RGB JPEG."""
+  """Decodes `image` with PIL and re-encodes it as an RGB JPEG.
+
+  Images deeper than 8 bits (16-bit PNGs, 32-bit or float TIFFs) are scaled
+  to 8 bits by their range first (`image_io.to_rgb`).
+  """
   try:
-    rgb = image.convert('RGB')
+    rgb = image_io.to_rgb(image)
   except Exception as e:  # PIL raises many kinds of errors on bad data.
     raise SkipImage('corrupt or truncated image',
                     f'{type(e).__name__}: {e}') from e

@@ -88,6 +88,19 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
   return buf.getvalue()
 
 
+def deep_gray() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A 64x48 grayscale photo as 16-bit and float pixels, and as 8-bit.
+
+  Returns:
+    (uint16 = 8-bit x 257, float32 = 8-bit / 255, the uint8 photo): both
+    deep versions scale back to the uint8 one exactly.
+  """
+  gray = np.asarray(Image.fromarray(photos()[1]).convert('L').resize(
+      (64, 48)))
+  return ((gray.astype(np.uint16) * 257), (gray / 255).astype(np.float32),
+          gray)
+
+
 def make_bad_files(class_dir: str) -> dict[str, str]:
   """Writes awkward and broken inputs into `class_dir` (created if needed).
 
@@ -115,6 +128,11 @@ def make_bad_files(class_dir: str) -> dict[str, str]:
       'cmyk.JPEG': (_encode(rgb.convert('CMYK'), 'JPEG'), 'converted'),
       'grayscale.JPEG': (_encode(rgb.convert('L'), 'JPEG'), 'converted'),
       'exif.JPEG': (_encode(rgb, 'JPEG', exif=exif.tobytes()), 'converted'),
+      # Deeper than 8 bits: a 16-bit PNG and a float TIFF, named .JPEG.
+      '16bit.JPEG': (_encode(Image.fromarray(deep_gray()[0]), 'PNG'),
+                     'converted'),
+      'float.JPEG': (_encode(Image.fromarray(deep_gray()[1]), 'TIFF'),
+                     'converted'),
       'smallest_allowed.JPEG': (_encode(rgb.resize((8, 8)), 'JPEG'),
                                 'converted'),
       'truncated.JPEG': (jpeg[:len(jpeg) // 2], 'skipped'),

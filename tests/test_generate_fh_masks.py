@@ -660,3 +660,17 @@ def test_unknown_mask_source_or_settings_are_refused():
   with pytest.raises(ValueError, match='unknown ground_truth_ignore'):
     record_writer.Settings(((1000.0, 1000),), 'png',
                            ground_truth_ignore='drop')
+
+
+def test_deep_images_are_stored_scaled_to_8_bits(data, png_run):
+  """16-bit and float inputs: the stored JPEG is the photo, not a flat square
+  (PIL's own conversion clips them to 255 and 0)."""
+  _, _, shards = png_run
+  stored = {r['image/filename'].decode(): r['image/encoded']
+            for r in by_split(shards, 'train')}
+  gray = sample_data.deep_gray()[2].astype(int)
+  for name in ('16bit.JPEG', 'float.JPEG'):
+    pixels = np.asarray(Image.open(io.BytesIO(stored[name])).convert('L'))
+    assert pixels.shape == gray.shape
+    error = np.abs(pixels.astype(int) - gray)
+    assert error.mean() < 1.5 and error.max() < 24, name  # JPEG q95 only.

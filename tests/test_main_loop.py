@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from detcon import checkpoint, sample_data
+from detcon import checkpoint
+from detcon import main_loop as main_loop_lib
+from detcon.configs import detcon_b
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('--encoder=ResNet18', '--image_size=64', '--batch_size=4',
@@ -36,25 +37,6 @@ def main_loop(*args, env=None):
 
 def last_json(result):
   return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope='module')
-def records(tmp_path_factory):
-  """Train records from real photos, in our PNG layout and the original raw."""
-  root = tmp_path_factory.mktemp('e2e')
-  sample_data.make_imagenet_folder(str(root / 'train'), num_classes=3,
-                                   images_per_class=4, min_side=64,
-                                   max_side=128)
-  out = {}
-  for encoding in ('png', 'raw'):
-    out[encoding] = str(root / f'records-{encoding}')
-    result = python('generate_fh_masks_for_imagenet.py',
-                    f'--train_directory={root / "train"}',
-                    f'--output_directory={out[encoding]}', '--train_shards=2',
-                    '--num_threads=2', '--fh_scales=100', '--fh_min_sizes=50',
-                    f'--mask_encoding={encoding}')
-    assert result.returncode == 0, result.stderr[-3000:]
-  return out
 
 
 def test_pretrain_saves_and_resumes_with_saved_parameters(records, tmp_path):
@@ -92,23 +74,6 @@ def test_pretrain_on_original_raw_layout(records):
   assert '| 1/1 [' not in result.stderr  # No bar on a pipe by default.
 
 
-def test_sigterm_saves_a_checkpoint(records, tmp_path):
-  ckpt = str(tmp_path / 'ckpt')
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'detcon.main_loop', *TINY, '--max_steps=1000',
-       f'--dataset_directory={records["png"]}', f'--checkpoint_dir={ckpt}'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  for line in proc.stderr:  # Wait until a step has been logged.
-    if '] step ' in line:
-      break
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'SIGTERM received' in err
-  step = checkpoint.restore_latest(ckpt)['step']
-  assert 1 <= step < 1000
-
-
 def _free_port():
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -123,7 +88,10 @@ def mock_step():
   """
   result = subprocess.run(
       [sys.executable, '-m', 'detcon.main_loop', *TINY,
-       '--config.mock_data=True', '--max_steps=1', '--progress_bar=on',
+       # One step from the epochs (--max_steps=0, its default): the same
+       # schedule as --max_steps=1.
+       '--config.mock_data=True', '--pretrain_epochs=1',
+       '--num_train_images=4', '--progress_bar=on',
        '--worker_mode=train', '--worker_tpu_driver=local'],
       cwd=REPO, capture_output=True, timeout=900)
   result.stdout, result.stderr = (result.stdout.decode(),
@@ -219,15 +187,48 @@ def test_bad_shard_names(tmp_path):
   assert 'train-3-of-7' in result.stderr and 'Traceback' not in result.stderr
 
 
-def test_help_documents_the_bar_and_the_original_worker_flags():
+def test_help_documents_flags_config_fields_and_max_steps_0():
   result = python('-m', 'detcon.main_loop', '--help')  # absl exits with 1.
   for flag in ('--progress_bar: <auto|on|off>', '--worker_mode',
-               '--worker_tpu_driver', '--cluster_detection: <auto|off>'):
-    assert flag in result.stdout, flag
+               '--worker_tpu_driver', '--cluster_detection: <auto|off>',
+               '--library_logs', '0: as many as --pretrain_epochs takes'):
+    assert flag in ' '.join(result.stdout.split()), flag
+  # Every field of the default config, with its default.
+  config = detcon_b.get_config()
+  fields = {'objective': "'detcon_b'", 'model.encoder': "'ResNet50'",
+            'init_from': "''", 'num_classes': '1000', 'masks': "'fh'",
+            'optimizer.base_learning_rate': '0.2'}
+  for name, default in fields.items():
+    assert f'--config.{name}  default: {default}' in result.stdout, name
+  flat = main_loop_lib.config_fields_help(config)
+  assert len(flat) > 40 and all(line in result.stdout for line in flat)
+
+
+def test_config_typo_is_one_line_with_the_suggestion():
+  result = python('-m', 'detcon.main_loop', '--config.objetive=byol')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip() == (
+      "detcon.main_loop: error: --config.objetive: no such config field; "
+      "did you mean 'objective' instead of 'objetive'? (`--help` lists the "
+      'fields)')
+
+
+def test_unwritable_checkpoint_dir_is_one_line(tmp_path):
+  blocker = tmp_path / 'a-file'
+  blocker.write_text('')
+  result = python('-m', 'detcon.main_loop', *TINY, '--config.mock_data=True',
+                  f'--checkpoint_dir={blocker / "ckpt"}')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert (f'detcon.main_loop: error: --checkpoint_dir={blocker / "ckpt"} '
+          'cannot be written (Not a directory)') in result.stderr
 
 
 def test_progress_bar_and_the_original_worker_flags(mock_step):
   err = mock_step.stderr
+  assert ('for 1 steps (--max_steps=0: 1 epochs (--pretrain_epochs) of the '
+          'training images; 0 warm-up)') in err
   assert ('--worker_mode=train --worker_tpu_driver=local: flags of the '
           'original (jaxline)') in err and 'no effect here' in err
   states = err.replace('\r', '\n').splitlines()

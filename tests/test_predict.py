@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from detcon import predict
+from detcon import predict, sample_data
 from tests import released_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,3 +146,28 @@ def test_cli_help_lists_every_flag():
   for flag in ('npy', 'image', 'labels_file', 'imagenet_metadata_file',
                'output', 'image_size', 'fh_scale', 'fh_min_size'):
     assert f'--{flag}' in result.stdout, flag
+
+
+@pytest.mark.parametrize('depth,fmt', [(0, 'PNG'), (1, 'TIFF')])
+def test_16_bit_and_float_images_are_read_scaled_to_8_bits(tmp_path, depth,
+                                                            fmt):
+  deep, gray = sample_data.deep_gray()[depth], sample_data.deep_gray()[2]
+  path = str(tmp_path / f'deep.{fmt.lower()}')
+  Image.fromarray(deep).save(path, fmt)
+  pixels = predict.read_image(path)
+  assert pixels.dtype == np.uint8 and pixels.shape == (*gray.shape, 3)
+  for channel in range(3):
+    np.testing.assert_array_equal(pixels[..., channel], gray)
+
+
+def test_unwritable_output_is_one_line_before_any_work(tmp_path):
+  blocker = tmp_path / 'a-file'
+  blocker.write_text('')
+  result = subprocess.run(
+      [sys.executable, '-m', 'detcon.predict', f'--npy={tmp_path}/w.npy',
+       f'--output={blocker}/out.png'],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert (f'detcon.predict: error: --output={blocker}/out.png cannot be '
+          'written (File exists)') in result.stderr
