@@ -137,6 +137,10 @@ class DemoError(Exception):
   """A phase failed; the message says which and where its log is."""
 
 
+# Commands with `--library_logs` (detcon/log_setup.py).
+LIBRARY_LOG_COMMANDS = ('detcon.main_loop', 'detcon.linear_eval',
+                        'detcon.dense_eval', 'detcon.export', 'detcon.predict')
+
 # Name -> (path under the output folder, what it is, for the summary).
 _LAYOUT = {
     'train_images': ('images/train', 'photos, ImageNet layout (train)'),
@@ -282,6 +286,9 @@ def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
     DemoError: the command exited with a non-zero code.
   """
   command = [sys.executable, *args]
+  if args[0] == '-m' and args[1] in LIBRARY_LOG_COMMANDS:
+    # The log files keep the libraries' detail; the console hides it.
+    command.append('--library_logs')
   log_path = os.path.join(paths.logs, f'{name}.log')
   print(f'$ {shlex.join(command)}', flush=True)
   env = dict(os.environ)
