@@ -983,6 +983,7 @@ def main(argv):
 if __name__ == '__main__':
   from absl import app, flags
 
+  flags.adopt_module_key_flags(log_setup)  # --library_logs in --help.
   flags.DEFINE_string('checkpoint_dir', None,
                       'Directory of the pretraining checkpoints; the latest is '
                       'exported. Give this or --npy.')

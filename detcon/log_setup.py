@@ -2,10 +2,12 @@
 
 By default the commands hide the INFO messages of orbax (about 44 lines per
 checkpoint save), JAX's backend probing ("Unable to initialize backend
-'tpu'") and TensorFlow's C++ notices (oneDNN); their warnings and errors
-still show. TensorFlow reads its C++ log level once, when it loads, so that
-part is set by `detcon/__init__.py`, before any module of the package can
-load TensorFlow (`quiet_tensorflow_cpp`).
+'tpu'") and TensorFlow's C++ INFO lines; their warnings and errors still
+show. The few notices TensorFlow prints while it loads, before its logging
+starts (oneDNN's), ignore every log level and still show. TensorFlow reads
+its C++ log level once, when it loads, so that part is set by
+`detcon/__init__.py`, before any module of the package can load TensorFlow
+(`quiet_tensorflow_cpp`).
 """
 
 import logging

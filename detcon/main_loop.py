@@ -51,6 +51,7 @@ try:  # ml_collections applies the --config.* overrides here.
       '(the fields and their defaults: below).')
 except (AttributeError, KeyError) as _error:
   cli.exit_on_config_typo(_error, 'detcon.main_loop', sys.argv)
+flags.adopt_module_key_flags(log_setup)  # --library_logs in --help.
 # Shortcuts that set config fields; None leaves the config's value.
 _SHORTCUTS = {
     'dataset_directory': (flags.DEFINE_string, 'Folder of train-%05d-of-%05d '

@@ -341,7 +341,7 @@ def test_cli_help_documents_every_flag():
                'crops_per_image', 'batch_size', 'linear_steps',
                'linear_learning_rate', 'nn_neighbours', 'nn_temperature',
                'nn_memory_size', 'output', 'predictions_dir', 'picture',
-               'picture_images', 'seed'):
+               'picture_images', 'seed', '[no]library_logs'):
     assert f'--{name}' in result.stdout, name
 
 

@@ -268,7 +268,7 @@ def test_cli_help():
       [sys.executable, '-m', 'detcon.export', '--helpshort'],
       capture_output=True, text=True, check=False, timeout=120)
   for flag in ('--checkpoint_dir', '--npy', '--output', '--format',
-               '--encoder'):
+               '--encoder', '--[no]library_logs'):
     assert flag in result.stdout + result.stderr, flag
 
 

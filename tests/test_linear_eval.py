@@ -212,7 +212,7 @@ def test_cli_help_documents_every_flag():
   result = _cli('--help')
   for flag in ('checkpoint_dir', 'npy', 'encoder', 'dataset_directory',
                'num_steps', 'batch_size', 'num_classes', 'learning_rate',
-               'image_size', 'eval_split'):
+               'image_size', 'eval_split', '[no]library_logs'):
     assert f'--{flag}' in result.stdout, flag
 
 

@@ -191,7 +191,7 @@ def test_help_documents_flags_config_fields_and_max_steps_0():
   result = python('-m', 'detcon.main_loop', '--help')  # absl exits with 1.
   for flag in ('--progress_bar: <auto|on|off>', '--worker_mode',
                '--worker_tpu_driver', '--cluster_detection: <auto|off>',
-               '--library_logs', '0: as many as --pretrain_epochs takes'):
+               '--[no]library_logs', '0: as many as --pretrain_epochs takes'):
     assert flag in ' '.join(result.stdout.split()), flag
   # Every field of the default config, with its default.
   config = detcon_b.get_config()

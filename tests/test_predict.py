@@ -144,7 +144,8 @@ def test_cli_help_lists_every_flag():
       [sys.executable, '-m', 'detcon.predict', '--help'], cwd=REPO,
       capture_output=True, text=True, timeout=120)
   for flag in ('npy', 'image', 'labels_file', 'imagenet_metadata_file',
-               'output', 'image_size', 'fh_scale', 'fh_min_size'):
+               'output', 'image_size', 'fh_scale', 'fh_min_size',
+               '[no]library_logs'):
     assert f'--{flag}' in result.stdout, flag
 
 

@@ -327,8 +327,9 @@ def test_main_loop_unlabelled_records_turn_the_classifier_off(
   config.dataset_directory, config.masks, config.grid_size = (
       str(tmp_path), masks, 3)
   with caplog.at_level(logging.INFO, logger='absl'):
-    batch = next(loop.real_batches(config, 1, 2))
-  assert config.num_classes == 0
+    train_records = loop.inspect_records(config)
+    batch = next(loop.real_batches(config, train_records, 1, 2, 0))
+  assert not train_records.has_classes
   assert 'the online classifier is off' in caplog.text
   # Records without image/mask_source: a note, unless their masks are unused.
   assert ('does not say which method made its masks' in caplog.text) == (
@@ -340,4 +341,4 @@ def test_main_loop_unlabelled_records_turn_the_classifier_off(
   if masks == 'grid':  # The records hold no masks: 'fh' cannot read them.
     config.masks = 'fh'
     with pytest.raises(ValueError, match='without FH masks'):
-      loop.real_batches(config, 1, 2)
+      loop.inspect_records(config)
