@@ -46,7 +46,12 @@ original uint8 layout cannot hold (they are never wrapped); and, with
 is unreadable or of another size than the image.
 
 Work: the file list is sorted, shuffled with `--seed` and cut into contiguous
-shards; `--num_threads` worker processes each write whole shards. A shard is
+shards; `--num_threads` worker processes each write whole shards. Memory:
+each worker reserves its image's estimated mask memory (FH: about 400 bytes
+per pixel) from a shared `--mask_memory_gb` budget before decoding it, so a
+few huge photos at once cannot exhaust the machine: an image that does not
+fit waits, and one larger than the whole budget runs alone (warned and
+counted). The masks are the same whatever the budget. A shard is
 written to `.<shard name>.tmp-<pid>` and renamed once complete, so a killed
 job leaves no partial file under a final name, and rerunning the same command
 skips the complete shards and redoes only those that were in flight. A
@@ -91,6 +96,14 @@ flags.DEFINE_integer(
     'num_threads', os.cpu_count(),
     'Number of worker processes (the original name is kept); each one '
     'writes whole shards. Default: the number of CPUs.')
+flags.DEFINE_float(
+    'mask_memory_gb', 0,
+    'Memory (GB) that the workers\' images may take at once while their '
+    'masks are made, estimated from each image\'s size (FH: about 400 '
+    'bytes per pixel, 70 MB for an ImageNet image, 9.6 GB for 6000x4000). '
+    'An image that does not fit waits; one over the whole budget runs alone. '
+    'Masks never change. Each worker also holds about 200 MB of its own. '
+    '0: half of the machine\'s memory.')
 flags.DEFINE_enum(
     'segmentation', record_writer.Settings.segmentation, records.MASK_SOURCES,
     'Where the masks come from. fh: Felzenszwalb-Huttenlocher, one mask per '
@@ -344,6 +357,9 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
                'num_tasks'):
     if FLAGS[name].value < 1:
       raise record_writer.InputError(f'--{name} must be at least 1')
+  if FLAGS.mask_memory_gb < 0:
+    raise record_writer.InputError(
+        '--mask_memory_gb must be 0 (half of the machine\'s memory) or more')
   num_tasks, task_index = _task()
   splits = [('train', FLAGS.train_directory, FLAGS.train_shards),
             ('validation', FLAGS.validation_directory,
@@ -377,6 +393,12 @@ def prepare() -> tuple[record_writer.Settings, list[record_writer.Shard],
     unlabelled = sum(e.label == 0 for e in entries)
     logging.info('%s: %d files (%d unlabelled) in %d classes from %s.', split,
                  len(entries), unlabelled, classes, directory)
+    if num_shards > len(entries):
+      logging.warning(
+          '--%s_shards=%d is more than the %d files of %s: %d shards will be '
+          'empty files. Give --%s_shards=%d or fewer for none.', split,
+          num_shards, len(entries), split, num_shards - len(entries), split,
+          len(entries))
     listed.append((split, directory, num_shards, entries))
   _check_output_directory(FLAGS.output_directory)
   todo, complete = [], 0
@@ -435,12 +457,18 @@ def main(argv):
   except record_writer.InputError as e:
     sys.exit(f'{os.path.basename(__file__)}: error: {e}')
   num_workers = min(FLAGS.num_threads, len(todo))
+  mask_memory = (int(FLAGS.mask_memory_gb * 1e9) or
+                 record_writer.default_mask_memory())
   summary = record_writer.Summary()
   if todo:
-    logging.info('Writing %d shards (%d files) with %d worker processes.',
-                 len(todo), sum(len(s.entries) for s in todo), num_workers)
+    logging.info('Writing %d shards (%d files) with %d worker processes; '
+                 'their images may take %.1f GB at once for the masks '
+                 '(--mask_memory_gb).', len(todo),
+                 sum(len(s.entries) for s in todo), num_workers,
+                 mask_memory / 1e9)
     try:
-      summary = record_writer.run(todo, settings, num_workers)
+      summary = record_writer.run(todo, settings, num_workers,
+                                  mask_memory=mask_memory)
     except KeyboardInterrupt:
       logging.error('Interrupted; rerun the same command to finish the '
                     'shards that are not complete.')

@@ -20,6 +20,7 @@ renamed once complete, so no partial file ever has a final name.
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -39,7 +40,7 @@ from absl import logging
 from PIL import Image
 from skimage import segmentation
 
-from detcon import image_io, records, voc
+from detcon import image_io, memory_budget, records, voc
 
 MIN_SIDE = 8  # Images with a shorter side (pixels) are skipped as too small.
 JPEG_QUALITY = 95  # For images that are not RGB JPEGs already.
@@ -174,6 +175,7 @@ class Summary:
   elapsed_s: float = 0.0
   startup_s: float = 0.0  # Until every worker had imported TensorFlow.
   processed_after_startup: int = 0  # Files done after `startup_s`.
+  ran_alone: int = 0  # Images over the memory budget, made one at a time.
 
 
 # Sharding and resume (main process).
@@ -263,12 +265,27 @@ def remove_stale_tmp_files(shards: list[Shard]) -> int:
 
 # Per image and per shard (worker processes).
 
-_progress = None  # The worker's queue to the main process, if any.
+# Set in each worker by `init_worker`; None in the main process.
+_progress = None  # The worker's queue to the main process.
+_budget = None  # The `memory_budget.MemoryBudget` the workers share.
 
 
 def _report(*message):
   if _progress is not None:
     _progress.put(message)
+
+
+def _reserved_memory(path: str, width: int, height: int, num_bytes: int):
+  """Holds `num_bytes` of the workers' budget (a `with` context).
+
+  An image over the whole budget is reported ('alone'): it waits for the
+  other workers' images and runs by itself.
+  """
+  if _budget is None:
+    return contextlib.nullcontext()
+  if num_bytes > _budget.total:
+    _report('alone', path, width, height, num_bytes, _budget.total)
+  return _budget.reserve(num_bytes)
 
 
 def _exit_with_parent(parent_pid: int):
@@ -297,9 +314,10 @@ def keep_freed_memory():
   libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-def init_worker(progress, parent_pid: int):
-  """Worker set-up: malloc, one TF thread, no GPU, progress, parent watch."""
-  global _progress
+def init_worker(progress, budget: memory_budget.MemoryBudget,
+                parent_pid: int):
+  """Worker set-up: malloc, 1 TF thread, no GPU, queue, budget, parent watch."""
+  global _progress, _budget
   keep_freed_memory()
   os.environ['CUDA_VISIBLE_DEVICES'] = ''
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -311,7 +329,7 @@ def init_worker(progress, parent_pid: int):
   # At exit multiprocessing has already flushed this worker's queues; skip
   # TensorFlow's interpreter teardown, which takes seconds.
   atexit.register(os._exit, 0)
-  _progress = progress
+  _progress, _budget = progress, budget
   _report('ready')
 
 
@@ -438,28 +456,31 @@ def make_record(entry: Entry, settings: Settings) -> Record:
   if min(width, height) < MIN_SIDE:
     raise SkipImage(f'too small (side under {MIN_SIDE} px)',
                     f'{width}x{height} px')
-  source = None
-  pixels = None
-  if image.format in ('JPEG', 'MPO') and image.mode == 'RGB':
-    stored = content
-    pixels = decode_like_trainer(stored)
-  if pixels is None:  # Not an RGB JPEG, or one TF cannot decode.
-    source = f'{image.format} {image.mode}'
-    stored = _to_rgb_jpeg(image)
-    pixels = decode_like_trainer(stored)
-    if pixels is None:
-      raise SkipImage('corrupt or truncated image',
-                      'TensorFlow cannot decode it, even re-encoded')
-  start_cpu = time.process_time()
-  masks = make_masks(pixels, entry, settings)
-  mask_cpu_s = time.process_time() - start_cpu
-  segments = tuple(int(np.count_nonzero(np.bincount(m.ravel())))
-                   for m in masks)
-  try:
-    mask_bytes = records.encode_masks(masks, settings.mask_encoding)
-  except records.MaskEncodingError as e:
-    raise SkipImage('mask ids above 255 (raw encoding)',
-                    f'{max(segments)} segments; {e}') from e
+  need = memory_budget.mask_bytes(width, height, settings.segmentation,
+                                 len(settings.fh_pairs))
+  with _reserved_memory(entry.path, width, height, need):
+    source = None
+    pixels = None
+    if image.format in ('JPEG', 'MPO') and image.mode == 'RGB':
+      stored = content
+      pixels = decode_like_trainer(stored)
+    if pixels is None:  # Not an RGB JPEG, or one TF cannot decode.
+      source = f'{image.format} {image.mode}'
+      stored = _to_rgb_jpeg(image)
+      pixels = decode_like_trainer(stored)
+      if pixels is None:
+        raise SkipImage('corrupt or truncated image',
+                        'TensorFlow cannot decode it, even re-encoded')
+    start_cpu = time.process_time()
+    masks = make_masks(pixels, entry, settings)
+    mask_cpu_s = time.process_time() - start_cpu
+    segments = tuple(int(np.count_nonzero(np.bincount(m.ravel())))
+                     for m in masks)
+    try:
+      mask_bytes = records.encode_masks(masks, settings.mask_encoding)
+    except records.MaskEncodingError as e:
+      raise SkipImage('mask ids above 255 (raw encoding)',
+                      f'{max(segments)} segments; {e}') from e
   example = records.make_example(
       image=stored, height=pixels.shape[0], width=pixels.shape[1],
       filename=os.path.basename(entry.path), label=entry.label,
@@ -520,16 +541,36 @@ def write_shard(shard: Shard, settings: Settings) -> Stats:
 # Orchestration (main process).
 
 
+def default_mask_memory() -> int:
+  """The workers' default memory budget: half the machine's (bytes)."""
+  return memory_budget.machine_memory_bytes() // 2
+
+
 def run(shards: list[Shard], settings: Settings, num_workers: int,
-        show_progress: bool = True) -> Summary:
-  """Writes `shards` with `num_workers` processes; failures are recorded."""
+        show_progress: bool = True,
+        mask_memory: int | None = None) -> Summary:
+  """Writes `shards` with `num_workers` processes; failures are recorded.
+
+  Args:
+    shards: what to write (`plan_shards`).
+    settings: how the masks are made and stored.
+    num_workers: worker processes.
+    show_progress: a progress bar on stderr.
+    mask_memory: bytes that the workers' images may take at once while their
+      masks are made (`memory_budget`); None: `default_mask_memory()`.
+
+  Returns:
+    What was written, skipped and failed.
+  """
   summary = Summary()
   start = time.time()
   ctx = multiprocessing.get_context('spawn')
   progress = ctx.Queue()
+  budget = memory_budget.MemoryBudget(
+      ctx, default_mask_memory() if mask_memory is None else mask_memory)
   pool = concurrent.futures.ProcessPoolExecutor(
       num_workers, mp_context=ctx, initializer=init_worker,
-      initargs=(progress, os.getpid()))
+      initargs=(progress, budget, os.getpid()))
   bar = tqdm.tqdm(total=sum(len(s.entries) for s in shards), unit='img',
                   smoothing=0.05, mininterval=1.0, disable=not show_progress)
   ready = processed = processed_at_ready = 0
@@ -544,6 +585,15 @@ def run(shards: list[Shard], settings: Settings, num_workers: int,
           if ready == num_workers:
             summary.startup_s = time.time() - start
             processed_at_ready = processed
+        elif message[0] == 'alone':
+          summary.ran_alone += 1
+          path, width, height, need, total = message[1:]
+          with tqdm.tqdm.external_write_mode():
+            logging.warning(
+                '%s is %dx%d px: its masks take about %.1f GB, more than the '
+                'workers\' memory budget (%.1f GB, --mask_memory_gb); it runs '
+                'alone, once the other workers\' images are done.', path,
+                width, height, need / 1e9, total / 1e9)
         else:
           processed += 1
           bar.update(1)
@@ -615,6 +665,9 @@ def format_summary(summary: Summary, settings: Settings,
                  f'written, {stats.mask_cpu_s / stats.cpu_s:.0%} of it in '
                  f'{_MASK_WORK[settings.segmentation]} (workers ready after '
                  f'{summary.startup_s:.1f} s)')
+  if summary.ran_alone:
+    lines.append(f'  images over the memory budget, run alone: '
+                 f'{summary.ran_alone}')
   if stats.converted:
     kinds = ', '.join(f'{k}: {v}' for k, v in sorted(stats.converted.items()))
     lines.append(f'  re-encoded as RGB JPEG: {sum(stats.converted.values())} '

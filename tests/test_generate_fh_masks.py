@@ -140,7 +140,8 @@ def test_help_documents_every_flag(tmp_path):
                'fh_min_sizes', 'labels_file', 'imagenet_metadata_file',
                'mask_encoding', 'seed', 'num_tasks', 'task_index',
                'segmentation', 'slic_n_segments', 'slic_compactness',
-               'ground_truth_directory', 'ground_truth_ignore'):
+               'ground_truth_directory', 'ground_truth_ignore',
+               'mask_memory_gb'):
     assert f'--{flag}:' in proc.stdout + proc.stderr, flag
 
 
@@ -297,6 +298,48 @@ def test_rerun_skips_complete_shards_and_refuses_other_settings(data,
     assert 'other input files or settings' in proc.stderr, changed
   assert mtimes == {n: os.stat(os.path.join(out, n)).st_mtime_ns
                     for n in shards}
+
+
+def test_a_tiny_memory_budget_runs_each_image_alone_with_the_same_shards(
+    data, png_run):
+  reference = png_run[2]
+  out = os.path.join(data.root, 'out', 'tiny-budget')
+  proc = run_script(f'--train_directory={data.train}',
+                    f'--validation_directory={data.val}',
+                    f'--output_directory={out}', *SHARD_ARGS, *ONE_PAIR,
+                    '--num_threads=2', '--mask_memory_gb=1e-6', cwd=data.root)
+  assert proc.returncode == 0, proc.stderr
+  # Every image that reached its masks was over the 1 kB budget (a file
+  # found corrupt while decoding as well).
+  alone = [line for line in proc.stderr.splitlines() if 'runs alone' in line]
+  assert f'images over the memory budget, run alone: {len(alone)}\n' in (
+      proc.stdout)
+  for record in (r for records_ in reference.values() for r in records_):
+    name = record['image/filename'].decode()
+    assert any(f'{os.sep}{name} is ' in line for line in alone), name
+  assert 'may take 0.0 GB at once for the masks' in proc.stderr
+  # The records of the default budget, in the same order. (Not the bytes:
+  # protobuf writes a map's entries in no fixed order.)
+  assert read_output(out) == reference
+
+
+def test_more_shards_than_files_is_said_and_the_extra_shards_are_empty(
+    data, tmp_path):
+  out = str(tmp_path / 'out')
+  files = len(data.files(data.val))
+  args = (f'--train_directory={data.val}', f'--output_directory={out}',
+          f'--train_shards={files + 3}', *ONE_PAIR, '--num_threads=2')
+  proc = run_script(*args, '--mask_memory_gb=-1', cwd=tmp_path)
+  assert proc.returncode != 0
+  assert '--mask_memory_gb must be 0' in proc.stderr
+  proc = run_script(*args, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert (f'--train_shards={files + 3} is more than the {files} files of '
+          f'train: 3 shards will be empty') in proc.stderr
+  assert f'--train_shards={files} or fewer' in proc.stderr
+  counts = [len(read_records(os.path.join(out, n))) for n in final_names(out)
+            if n.startswith('train-')]
+  assert len(counts) == files + 3 and sorted(counts)[:3] == [0, 0, 0]
 
 
 def _children(pid):
