@@ -27,6 +27,8 @@ from detcon import train
 from detcon.configs import detcon_b
 
 _ENCODER = flags.DEFINE_string('encoder', 'ResNet18', 'Encoder of both parts.')
+_WIDTH = flags.DEFINE_float('width_multiplier', 1,
+                            'Encoder width multiplier (0.25, 0.5, 1, 2...).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 64,
                                    'View side of part (a), pixels.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Per-device batch of part (a).')
@@ -60,6 +62,7 @@ def _make_config(objective, image_size, per_device_batch):
   c.batch_size = per_device_batch * jax.device_count()
   c.num_classes = _NUM_CLASSES
   c.model.encoder = _ENCODER.value
+  c.model.width_multiplier = _WIDTH.value
   c.model.projector_hidden_size = _PROJECTOR_HIDDEN.value
   c.model.predictor_hidden_size = _PROJECTOR_HIDDEN.value
   c.model.projector_output_size = _PROJECTOR_OUTPUT.value

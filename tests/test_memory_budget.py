@@ -15,16 +15,25 @@ TOTAL = 100
 
 
 def _hold(budget, name, num_bytes, start_after, hold_s, log):
-  """Waits `start_after` s, holds `num_bytes` for `hold_s` s; logs times."""
+  """Waits `start_after` s, holds `num_bytes` for `hold_s` s; logs times.
+
+  Both times are taken inside the reservation, so 'out' precedes every entry
+  that needed these bytes back, whatever the processes' scheduling.
+  """
   time.sleep(start_after)
   with budget.reserve(num_bytes):
     log.put((name, 'in', time.monotonic(), budget.used))
     time.sleep(hold_s)
     log.put((name, 'out', time.monotonic(), None))
+    time.sleep(0.01)  # The 'out' time is strictly before the release.
 
 
 def _run(requests):
-  """Runs one process per (name, bytes, start_after, hold_s); their log."""
+  """Runs one process per (name, bytes, start_after, hold_s).
+
+  Returns: {name: entry time}, {name: leave time}, {name: bytes reserved
+  just after its entry}.
+  """
   ctx = multiprocessing.get_context('spawn')
   budget = memory_budget.MemoryBudget(ctx, TOTAL)
   log = ctx.Queue()
@@ -38,7 +47,7 @@ def _run(requests):
     assert p.exitcode == 0
   return ({name: t for name, kind, t, _ in events if kind == 'in'},
           {name: t for name, kind, t, _ in events if kind == 'out'},
-          [used for _, kind, _, used in events if kind == 'in'])
+          {name: used for name, kind, _, used in events if kind == 'in'})
 
 
 def test_reservations_that_do_not_fit_together_never_overlap():
@@ -46,7 +55,7 @@ def test_reservations_that_do_not_fit_together_never_overlap():
   requests = [('a', 40, 0.0, 1.0), ('b', 40, 0.1, 1.0), ('c', 60, 0.3, 0.5),
               ('huge', 500, 0.5, 0.5)]
   enter, leave, used = _run(requests)
-  assert max(used) <= TOTAL  # Never more reserved than the budget.
+  assert max(used.values()) <= TOTAL  # Never more reserved than the budget.
   assert enter['b'] < leave['a']  # Both fit: they ran side by side.
   assert enter['c'] >= min(leave['a'], leave['b'])  # Only with room for 60.
   # Over the total: alone, after every earlier request, before none later.
@@ -59,9 +68,11 @@ def test_requests_are_served_in_order_so_a_large_one_is_not_starved():
   # and would fit beside 'a', but waits its turn behind 'big'.
   requests = [('a', 30, 0.0, 1.0), ('big', 90, 0.2, 0.5),
               ('small', 10, 0.5, 0.2)]
-  enter, leave, _ = _run(requests)
+  enter, leave, used = _run(requests)
   assert enter['big'] >= leave['a']
-  assert enter['small'] >= enter['big']
+  assert enter['small'] >= leave['a']  # It would have fitted beside 'a'.
+  # It entered beside 'big' (90 + 10 reserved), not before it.
+  assert used['small'] == TOTAL
 
 
 def test_the_fh_estimate_bounds_the_measured_peak():
