@@ -409,7 +409,7 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   start_step, start = step, time.time()
   last_log = last_save = time.time()
   saved_step = step
-  log_step, metrics, eval_metrics = step, {}, {}
+  log_step, metrics = step, {}
   progress = ProgressBar(total, step, config.batch_size,
                          progress_bar and jax.process_index() == 0)
   while step < total and not stop.requested:
@@ -430,14 +430,14 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
       last_log, log_step = now, step
     evals = train_evals.run_due(config, step, total, state.params, state.state)
     if evals:
-      metrics, eval_metrics = {**metrics, **evals}, evals
+      metrics = {**metrics, **evals}
       _log_metrics(step, evals, writer)
+      train_evals.write(config.checkpoint_dir, step, evals)
     progress.update(step, device_metrics, metrics if logged else None)
     if manager and (now - last_save >= config.save_checkpoint_interval):
       checkpoint.save(manager, state, config, stream)
       last_save, saved_step = now, step
   progress.close()
-  train_evals.write(config.checkpoint_dir, step, eval_metrics)
   if manager:
     if saved_step != step:
       checkpoint.save(manager, state, config, stream)
