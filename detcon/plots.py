@@ -3,7 +3,8 @@
 * `image_sheet`: rows of captioned images under a title, with notes below
   (the demo's pictures, the dense evaluation's predictions, `predict`).
 * `line_plot`: curves against the training step, optionally smoothed as
-  TensorBoard does (the demo's loss curves).
+  TensorBoard does (the demo's loss curves) or with a spread band (the
+  studies' learning curves over seeds).
 * `bar_chart`: grouped bars with error bars (benchmark tables).
 
 Images are composited beforehand (NumPy / PIL); this module only lays them
@@ -79,14 +80,16 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
 
 
 def line_plot(path: str,
-              curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+              curves: Mapping[str, tuple[Sequence[float], ...]],
               title: str, x_label: str = 'training step', y_label: str = '',
               smoothing: float = 0.0) -> None:
   """Saves a PNG line plot of `{name: (x, y)}`, one colour per curve.
 
   Args:
     path: the PNG to write.
-    curves: the x and y values of each curve, in legend order.
+    curves: the x and y values of each curve, in legend order, and
+      optionally a spread (e.g. a standard deviation) per point, drawn as a
+      band from y - spread to y + spread.
     title: above the plot.
     x_label, y_label: axis captions.
     smoothing: with a weight in (0, 1), each curve is drawn faint as it is
@@ -97,8 +100,11 @@ def line_plot(path: str,
   """
   fig = Figure(figsize=(9.6, 5.2), dpi=100)
   ax = fig.add_subplot()
-  for k, (name, (xs, ys)) in enumerate(curves.items()):
+  for k, (name, (xs, ys, *spread)) in enumerate(curves.items()):
     colour = f'C{k}'
+    if spread:
+      ax.fill_between(xs, np.subtract(ys, spread[0]), np.add(ys, spread[0]),
+                      color=colour, alpha=0.2, linewidth=0)
     if smoothing and len(ys) > 1:
       ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=1)
       ax.plot(xs, smooth(ys, smoothing), color=colour, linewidth=2,
@@ -109,7 +115,7 @@ def line_plot(path: str,
   if smoothing:
     x_label += f' (faint: each value; bold: smoothed, weight {smoothing})'
   ax.set(title=title, xlabel=x_label, ylabel=y_label)
-  if all(float(x).is_integer() for xs, _ in curves.values() for x in xs):
+  if all(float(x).is_integer() for xs, *_ in curves.values() for x in xs):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.grid(alpha=0.3)
   ax.legend()

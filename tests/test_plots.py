@@ -46,6 +46,16 @@ def test_smoothed_line_plot_draws_the_raw_curve_faint(tmp_path):
   assert count(image, BLUE) > 100
 
 
+def test_a_spread_draws_a_band_around_the_curve(tmp_path):
+  plain, banded = tmp_path / 'plain.png', tmp_path / 'banded.png'
+  xs, ys = [0, 1, 2], [1.0, 2.0, 3.0]
+  plots.line_plot(str(plain), {'a': (xs, ys)}, 'title')
+  plots.line_plot(str(banded), {'a': (xs, ys, [0.0, 0.5, 0.5])}, 'title')
+  band = tuple(round(0.2 * c + 0.8 * 255) for c in BLUE)  # Alpha 0.2.
+  assert count(pixels(plain), band, tolerance=4) == 0
+  assert count(pixels(banded), band, tolerance=4) > 1000
+
+
 def test_smooth_is_a_debiased_moving_average():
   # a_k = w a_{k-1} + (1 - w) x_k from a_0 = 0, divided by 1 - w^k.
   assert plots.smooth([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0] * 3)
