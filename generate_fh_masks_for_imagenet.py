@@ -1,4 +1,4 @@
-r"""Writes image folders as DetCon TFRecords: image, label, masks (SPEC 1).
+r"""Writes image folders as DetCon TFRecords: image, label, masks.
 
   python generate_fh_masks_for_imagenet.py \
       --train_directory=imagenet/train --validation_directory=imagenet/val \

@@ -1,4 +1,4 @@
-r"""Throughput of the pretraining input pipeline (SPEC 2) on this CPU.
+r"""Throughput of the pretraining input pipeline (docs/method.md) on this CPU.
 
 Writes ImageNet-like records (`detcon.sample_data` photos of 300-500 px with
 real FH masks, `felzenszwalb(scale=1000, min_size=1000)`) to a temporary

@@ -1,4 +1,4 @@
-"""On-device image augmentations of the two views (SPEC 3), with dm-pix.
+"""On-device image augmentations of the two views (docs/method.md), with dm-pix.
 
 Each image draws its own randomness. Images are float `[B, H, W, 3]` in
 [0, 1], clipped back to [0, 1] after every step. The flip is not here: it

@@ -1,4 +1,4 @@
-"""The tf.data input pipeline on the CPU (SPEC 2).
+"""The tf.data input pipeline on the CPU (docs/method.md, Input pipeline).
 
 Reads the TFRecords of `generate_fh_masks_for_imagenet.py` (format in
 `detcon.records`) and yields NumPy-able dicts:
@@ -446,7 +446,7 @@ def grid_masks(height, width, grid_size: int):
 
 
 def sample_crop_window(seed, height, width):
-  """Draws an Inception-style crop window, one draw, no retries (SPEC 2).
+  """Draws an Inception-style crop window: one draw, no retries.
 
   Target area ~ U(0.08, 1) x height x width, aspect (w / h) = exp(U(log 3/4,
   log 4/3)); w = round(sqrt(area x aspect)), h = round(sqrt(area / aspect)),
@@ -596,7 +596,7 @@ def _resize_image(image, image_size):
 
 
 def _random_view(parsed, seed, image_size):
-  """One augmented view: random crop, flip p=0.5, resize (SPEC 2, 1-4).
+  """One augmented view: random crop, flip p=0.5, resize (docs/method.md).
 
   Returns:
     (float32 `[S, S, 3]` in [0, 1], int32 `[S, S, n]` masks, or None when

@@ -3,8 +3,8 @@ r"""Frozen-backbone semantic segmentation: the yardstick of dense features.
   python -m detcon.dense_eval --checkpoint_dir=/ckpt/detcon-r50 \
       --dataset_directory=/data/VOCdevkit/VOC2012
 
-DetCon's gains are on dense transfer (SPEC 9), so this is how runs are
-compared (SPEC 11). The encoder is frozen and run in inference mode
+DetCon's gains are on dense transfer (docs/method.md), so this is how runs are
+compared (docs/method.md). The encoder is frozen and run in inference mode
 (BatchNorm with its moving statistics); its final feature map, stride 32,
 is all either protocol sees:
 

@@ -1,4 +1,4 @@
-"""The contrastive detection loss and BYOL's regression loss (SPEC 6, 10).
+"""The contrastive detection loss and BYOL's regression loss (docs/method.md).
 
 One contrastive detection loss serves three objectives; only its inputs differ:
 
@@ -69,7 +69,7 @@ def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
 
   Each prediction of view a is scored against every candidate of the other
   view (positives: same image, same id) and of its own view (the same image's
-  same id removed), as SPEC 6 states it. The name is the original release's.
+  same id removed), as docs/method.md says. The name is the original release's.
 
   Args:
     pred1, pred2: `[B, K, D]` predictions of views 1 and 2: DetCon-B's online

@@ -1,4 +1,4 @@
-"""Mask pooling and sampling of DetCon-B (SPEC 5).
+"""Mask pooling and sampling of DetCon-B (docs/method.md).
 
 The FH mask at crop resolution `[B, H, W]` is split into the encoder's output
 grid (`g x g` cells of `H/g x W/g` pixels; 7x7 cells of 32x32 at 224). Each

@@ -1,4 +1,4 @@
-"""Haiku networks of DetCon-B (SPEC 4): ResNet v1 encoder, MLP heads.
+"""Haiku networks of DetCon-B (docs/method.md): ResNet v1 encoder, MLP heads.
 
 Parameter names (what checkpoints and exports key on), for ResNet-50:
   encoder/initial_conv/w                        [7, 7, 3, 64]

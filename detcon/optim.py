@@ -1,4 +1,4 @@
-"""LARS, the learning-rate schedule and the target EMA schedule (SPEC 7)."""
+"""LARS, the learning-rate schedule and the target EMA schedule."""
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,8 @@ def lars(learning_rate, weight_decay: float = 1.5e-6, eta: float = 1e-3,
 
   Biases and BatchNorm parameters get neither weight decay nor trust ratio.
   Built from optax's LARS pieces; unlike `optax.lars`, the learning rate
-  multiplies the momentum buffer (not the gradient entering it), as SPEC 7.
+  multiplies the momentum buffer (not the gradient entering it); see
+  docs/method.md, Optimisation.
   """
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=is_weight),

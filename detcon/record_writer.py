@@ -1,4 +1,4 @@
-"""Writes images, labels and masks as DetCon TFRecord shards (SPEC 1).
+"""Writes images, labels and masks as DetCon TFRecord shards (docs/records.md).
 
 The machinery behind `generate_fh_masks_for_imagenet.py`, for any entry point
 that turns a list of image files into shards of the format of

@@ -1,4 +1,4 @@
-"""The TFRecord format: one image, its label and its FH masks (SPEC 1).
+"""The TFRecord format: one image, its label and its FH masks (docs/records.md).
 
 Every record is a `tf.train.Example` with the features of the original DetCon
 release. The masks (`image/felzenszwalb_segmentations`) come in one of two
@@ -107,7 +107,7 @@ def decode_masks_tf(data, height, width):
 def make_example(*, image: bytes, height: int, width: int, filename: str,
                  label: int, synset: str, text: str, masks: bytes,
                  mask_source: str | None = None):
-  """Builds the `tf.train.Example` of SPEC 1 (`image` is RGB JPEG bytes).
+  """Builds the `tf.train.Example` of docs/records.md (`image`: RGB JPEG).
 
   `mask_source` (one of `MASK_SOURCES`) adds the `MASK_SOURCE_KEY` feature;
   None leaves it out, as in the original format.

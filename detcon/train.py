@@ -1,6 +1,6 @@
 """The training step of DetCon-B, BYOL, DetCon-S and SimCLR, data parallel.
 
-One step (SPEC 3-7, 10): augment both views on device, assign each 32x32 cell
+One step (docs/method.md): augment both views on device, assign each 32x32 cell
 of each view's mask to its majority id, sample 16 ids per view, run the online
 network (encoder -> mask pooling -> projector [-> predictor], plus the
 classifier) on both views, take the representation loss plus the classifier's

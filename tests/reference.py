@@ -1,4 +1,4 @@
-"""Slow, loop-based reference implementations written from SPEC.md 5-7.
+"""Slow, loop-based reference implementations written from docs/method.md.
 
 These are deliberately naive: plain NumPy (float64) and Python loops, one
 line of code per sentence of the specification where possible, so that they
@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 # ---------------------------------------------------------------------------
-# SPEC 5: mask pooling and sampling.
+# Mask pooling and sampling (docs/method.md).
 # ---------------------------------------------------------------------------
 
 
@@ -102,7 +102,7 @@ def pooled_features(cell_ids, sampled_ids, features):
 
 
 # ---------------------------------------------------------------------------
-# SPEC 6: the contrastive detection loss.
+# The contrastive detection loss (docs/method.md).
 # ---------------------------------------------------------------------------
 
 
@@ -194,7 +194,7 @@ def byol_nce_detcon(pred1, pred2, target1, target2, pind1, pind2, tind1,
 
 
 def detcon_s(proj1, proj2, ids1, ids2, temperature=0.1, anchor_images=None):
-  """DetCon-S (SPEC 10): one pool of online projections, both views.
+  """DetCon-S (docs/method.md): one pool of online projections, both views.
 
   Written from the SimCLR-style description rather than from the two-view
   split above: all projections of both views form one pool of candidates.
@@ -280,7 +280,7 @@ def byol_regression(pred1, pred2, target1, target2):
 
 
 # ---------------------------------------------------------------------------
-# SPEC 7: optimisation.
+# Optimisation (docs/method.md).
 # ---------------------------------------------------------------------------
 
 
@@ -307,7 +307,7 @@ def is_excluded_from_lars(param_name):
 
 def lars_step(params, grads, momentum_buffers, lr, weight_decay=1.5e-6,
               eta=1e-3, momentum=0.9):
-  """One LARS step on a {module: {name: array}} dict, as SPEC 7 states it.
+  """One LARS step on a {module: {name: array}} dict, as docs/method.md says.
 
   Returns (updates, new_momentum_buffers); new params = params + updates.
   """

@@ -1,6 +1,6 @@
 """Files in the layout of DeepMind's released DetCon checkpoints, for tests.
 
-Written from the description of the format (SPEC 12), not from our code:
+Written from the description of the format (docs/records.md), not from our code:
 `np.load(path, allow_pickle=True).item()` is a dict Haiku module name ->
 {array name -> array}, parameters and BatchNorm state together:
 

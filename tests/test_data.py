@@ -1,4 +1,4 @@
-"""The tf.data input pipeline (SPEC 2) on small real TFRecords."""
+"""The tf.data input pipeline (docs/method.md) on small real TFRecords."""
 
 import io
 import os
@@ -385,7 +385,7 @@ def test_error_bad_header_label_and_mask_index(tmp_path):
     data.check_dataset([_write(tmp_path / 'empty', [])])
 
 
-# Mask sources (SPEC 10) and records without a class.
+# Mask sources (docs/method.md, Variants) and records without a class.
 
 
 def _grid_reference(height, width, n):

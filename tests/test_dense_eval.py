@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def slow_metrics(predictions, labels, num_classes):
-  """IoU per class by counting pixels one at a time (SPEC 11)."""
+  """IoU per class by counting pixels one at a time (docs/method.md)."""
   tp = [0] * num_classes
   fp = [0] * num_classes
   fn = [0] * num_classes

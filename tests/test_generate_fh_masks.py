@@ -1,4 +1,4 @@
-"""End-to-end tests of generate_fh_masks_for_imagenet.py (SPEC 1).
+"""End-to-end tests of generate_fh_masks_for_imagenet.py (docs/records.md).
 
 The real script runs in a subprocess on small ImageNet-layout folders of
 real photos (`detcon.sample_data`); its shards are read back and checked

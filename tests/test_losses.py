@@ -1,4 +1,4 @@
-"""DetCon and BYOL losses against the slow reference of SPEC 6."""
+"""DetCon and BYOL losses against the slow reference of docs/method.md."""
 
 import math
 
@@ -214,7 +214,7 @@ def test_byol_regression_extremes():
 
 
 # DetCon-S and SimCLR: the same function with the online projections of both
-# views as predictions and candidates (SPEC 10).
+# views as predictions and candidates (docs/method.md, Variants).
 
 
 def _detcon_s(z1, z2, ids1, ids2, **kwargs):

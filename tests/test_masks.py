@@ -1,4 +1,4 @@
-"""Mask cells, sampling and pooling against SPEC 5 and the slow reference."""
+"""Mask cells, sampling and pooling against docs/method.md."""
 
 import jax
 import jax.numpy as jnp

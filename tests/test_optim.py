@@ -1,4 +1,4 @@
-"""LARS, learning-rate schedule and target EMA against SPEC 7."""
+"""LARS, learning-rate schedule and target EMA against docs/method.md."""
 
 import math
 

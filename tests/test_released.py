@@ -1,4 +1,4 @@
-"""Released checkpoints (SPEC 12): reading, conversion, init_from, --npy.
+"""Released checkpoints: reading, conversion, init_from, --npy.
 
 The files are built here in the released layout (`tests.released_layout`),
 not by renaming our own exports.

@@ -104,7 +104,7 @@ def test_two_devices_equal_one_device():
           assert 'predictor' not in {k.split('/')[0] for k in s1.params}
           continue
         # Independent target: not the online network at step 0; after the
-        # step, tau x target + (1 - tau) x online, tau from SPEC 7.
+        # step, tau x target + (1 - tau) x online, tau from docs/method.md.
         tau = reference.target_ema(0, 10)
         np.testing.assert_allclose(m1['tau'], tau, rtol=1e-6)
         for name, p in init.target_params.items():

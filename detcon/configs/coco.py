@@ -1,4 +1,4 @@
-"""DetCon-B pretraining on COCO (SPEC 10): train2017, no class labels.
+"""DetCon-B pretraining on COCO (docs/method.md): train2017, no class labels.
 
   python -m detcon.main_loop --config=detcon/configs/coco.py \
       --dataset_directory=/data/coco-fh-train

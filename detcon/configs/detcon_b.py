@@ -1,4 +1,4 @@
-"""DetCon-B on ImageNet, the paper's recipe (SPEC 3-8).
+"""DetCon-B on ImageNet, the paper's recipe (docs/method.md).
 
 Every hyperparameter lives here; `main_loop` flags override a few fields.
 Use with `python -m detcon.main_loop --config=detcon/configs/detcon_b.py`
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   # its size fits num_classes, the classifier. A resumed run ignores it.
   c.init_from = ''
 
-  # Data (SPEC 1-2).
+  # Data (docs/method.md).
   c.dataset_directory = '/tmp/imagenet-fh-train'
   c.num_train_images = 0  # Epoch size; 0 = count the training records.
   # Online classifier's classes; 0: none (also set by the main loop when the
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_classes = 1000
   c.image_size = 224
   c.mock_data = False  # Random images and blocky masks instead of records.
-  # The views' masks (SPEC 10): 'fh' (the records' FH masks), 'slic' or
+  # The views' masks (docs/method.md): 'fh' (the records' FH masks), 'slic' or
   # 'ground_truth' (the records' masks made by that method; a record that
   # names another method, image/mask_source, is refused), or 'grid' (the
   # spatial heuristic: grid_size x grid_size rectangles over the original
@@ -49,12 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
   # The paper's n is not in our sources.
   c.grid_size = 4
 
-  # Schedule (SPEC 7).
+  # Schedule (docs/method.md, Optimisation).
   c.batch_size = 4096  # Global, over all devices and hosts.
   c.pretrain_epochs = 1000
   c.max_steps = 0  # > 0 overrides the step count derived from the epochs.
 
-  # Networks (SPEC 4).
+  # Networks (docs/method.md, Networks).
   c.model = ml_collections.ConfigDict(dict(
       encoder='ResNet50',
       width_multiplier=1.0,  # Fractional widths too (0.25, 0.5).
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   c.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
 
-  # Mask pooling and loss (SPEC 5-6).
+  # Mask pooling and loss (docs/method.md).
   c.detcon = ml_collections.ConfigDict(dict(
       fh_mask_to_use=0,  # The records' mask channel (unused with grid).
       num_samples=16,
@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
       temperature=0.1,
   ))
 
-  # Augmentations (SPEC 3), one entry per view.
+  # Augmentations (docs/method.md, Augmentations), one entry per view.
   c.augment = ml_collections.ConfigDict(dict(
       brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
       color_jitter_prob=(0.8, 0.8),
@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
       solarize_threshold=0.5,
   ))
 
-  # Optimiser (SPEC 7).
+  # Optimiser (docs/method.md, Optimisation).
   c.optimizer = ml_collections.ConfigDict(dict(
       base_learning_rate=0.2,  # x batch_size / 256.
       warmup_epochs_divisor=100,  # warm-up epochs = pretrain_epochs // this.

@@ -1,4 +1,4 @@
-"""DetCon-S: the contrastive detection loss on the SimCLR framework (SPEC 10).
+"""DetCon-S: the contrastive detection loss on the SimCLR framework.
 
   python -m detcon.main_loop --config=detcon/configs/detcon_s.py
   python -m detcon.main_loop --config=detcon/configs/detcon_s.py \
