@@ -112,7 +112,11 @@ class Settings:
   # Dense evaluation on generated scenes (detcon.scenes, detcon.dense_eval).
   scene_train_images: int
   scene_val_images: int
-  scene_size: int  # Scene side = dense evaluation image side, pixels.
+  # Scene side = dense evaluation image side, pixels. Full mode: 320, where
+  # the stride-32 features are 10x10 cells and resolve the objects; at 128
+  # an object is about one cell and random weights score as well as trained
+  # ones (docs/studies.md).
+  scene_size: int
   dense_linear_steps: int
   dense_random_baseline: bool  # Also evaluate random weights.
 
@@ -129,7 +133,7 @@ FULL = Settings(
     min_side=96, max_side=192, fh_scale=200, fh_min_size=150, image_size=96,
     batch_size=8, pretrain_steps=150, base_learning_rate=32.0, head_size=256,
     linear_eval_steps=100, linear_eval_batch_size=16, pictured_images=4,
-    scene_train_images=160, scene_val_images=40, scene_size=128,
+    scene_train_images=160, scene_val_images=40, scene_size=320,
     dense_linear_steps=300, dense_random_baseline=True)
 
 
@@ -672,10 +676,17 @@ def run(output_dir: str, settings: Settings) -> None:
         f'{result["eval_split"]} images after {result["pretrain_step"]} '
         'pretraining steps (tiny data: a check that the pipeline works, '
         'not a benchmark).')
-  for name, r in dense.items():
-    print(f'Dense evaluation ({name} weights) on {r["num_eval_images"]} '
-          f'generated scenes: linear probe mIoU {r["linear"]["miou"]:.3f}, '
-          f'nearest neighbours mIoU {r["nn"]["miou"]:.3f}.')
+  print(f'Dense evaluation on {dense["pretrained"]["num_eval_images"]} '
+        f'generated scenes at {settings.scene_size}x{settings.scene_size}:')
+  rows = {f'{name} weights': [r[p]['miou'] for p in ('linear', 'nn')]
+          for name, r in dense.items()}
+  if 'random' in dense:
+    rows['pretrained - random'] = [
+        a - b for a, b in zip(*rows.values(), strict=True)]
+  for name, (linear, nn) in rows.items():
+    sign = '+' if name.endswith('random') else ''
+    print(f'  {name:20s} linear probe mIoU {linear:{sign}.3f}   '
+          f'nearest neighbours mIoU {nn:{sign}.3f}')
   print(f'See the curves live: tensorboard --logdir {paths.tensorboard}',
         flush=True)
 

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from detcon import (
@@ -331,6 +332,21 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+def _on_any_process(*flags_: bool) -> tuple[bool, ...]:
+  """Each flag, true if it is true on any process: every process agrees.
+
+  A signal reaches the processes of a run at different steps, and each has
+  its own clock for the periodic save; saving is collective, so all must
+  save, and stop, after the same step. One small all-gather per step when
+  there are several processes; nothing otherwise.
+  """
+  if jax.process_count() == 1:
+    return flags_
+  gathered = multihost_utils.process_allgather(np.asarray(flags_))
+  return tuple(bool(f) for f in np.asarray(gathered).reshape(
+      -1, len(flags_)).any(axis=0))
+
+
 class StoppedEarly(Exception):
   """A signal stopped the run before its last step; its state was saved."""
 
@@ -412,7 +428,8 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   log_step, metrics = step, {}
   progress = ProgressBar(total, step, config.batch_size,
                          progress_bar and jax.process_index() == 0)
-  while step < total and not stop.requested:
+  stopping = False
+  while step < total and not stopping:
     state, device_metrics = step_fn(state, train.shard_batch(next(batches),
                                                              mesh))
     step += 1
@@ -434,7 +451,10 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
       _log_metrics(step, evals, writer)
       train_evals.write(config.checkpoint_dir, step, evals)
     progress.update(step, device_metrics, metrics if logged else None)
-    if manager and (now - last_save >= config.save_checkpoint_interval):
+    stopping, save_due = _on_any_process(
+        bool(stop.requested),
+        bool(manager) and now - last_save >= config.save_checkpoint_interval)
+    if save_due:
       checkpoint.save(manager, state, config, stream)
       last_save, saved_step = now, step
   progress.close()
@@ -452,7 +472,8 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   stop.restore()
   if step < total:
     logging.warning('Stopped by %s at step %d of %d%s; the same command '
-                    'resumes from there.', stop.requested, step, total,
+                    'resumes from there.',
+                    stop.requested or "another process's signal", step, total,
                     ', saved' if manager else ' (no --checkpoint_dir: '
                     'nothing saved)')
     raise StoppedEarly(metrics)

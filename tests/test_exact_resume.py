@@ -6,13 +6,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from detcon import checkpoint, main_loop
-from tests.test_main_loop import REPO, TINY, python
+from tests.test_main_loop import REPO, TINY, _free_port, python
 
 STEPS = 5  # 12 records, batch 4: the runs cross epoch boundaries.
 
@@ -153,3 +154,53 @@ def test_a_checkpoint_without_input_state_resumes_with_a_warning(
   assert 'keeps no input position' in result.stderr
   assert 'data order restarts at the next epoch' in result.stderr
   assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
+
+
+def _two_processes(args, tmp_path, name, stop_after=None):
+  """Runs `args` as two processes on loopback; returns [(status, stderr)].
+
+  With `stop_after`, SIGTERM goes to process 1 only, once process 0 logged
+  a line holding it: both must agree to save and stop after the same step.
+  """
+  address = f'localhost:{_free_port()}'
+  logs = [tmp_path / f'{name}-{i}.log' for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with open(log, 'w') as f:
+      procs.append(subprocess.Popen(
+          [sys.executable, *args, f'--coordinator_address={address}',
+           '--num_processes=2', f'--process_id={i}'],
+          cwd=REPO, stdout=subprocess.DEVNULL, stderr=f))
+  if stop_after:
+    deadline = time.time() + 600
+    while stop_after not in logs[0].read_text():
+      assert time.time() < deadline and procs[0].poll() is None
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+  for p in procs:
+    p.wait(timeout=900)
+  return [(p.returncode, log.read_text()) for p, log in zip(procs, logs,
+                                                             strict=True)]
+
+
+def test_two_processes_stop_together_and_resume_each_on_its_share(
+    records, tmp_path):
+  whole = _two_processes(_args(records, tmp_path / 'whole'), tmp_path,
+                         'whole')
+  assert [status for status, _ in whole] == [0, 0], whole[0][1][-3000:]
+  ckpt = tmp_path / 'ckpt'
+  stopped = _two_processes(_args(records, ckpt), tmp_path, 'stopped',
+                           stop_after='] step 2:')
+  assert [status for status, _ in stopped] == [main_loop.EXIT_STOPPED_EARLY] * 2
+  assert 'SIGTERM received' in stopped[1][1]
+  step = checkpoint.restore_latest(str(ckpt))['step']
+  assert 2 <= step < STEPS
+  assert (f"Stopped by another process's signal at step {step} of {STEPS}"
+          in stopped[0][1])
+  resumed = _two_processes(_args(records, ckpt), tmp_path, 'resumed')
+  for status, err in resumed:
+    assert status == 0, err[-3000:]
+    # Global batch 4 over two processes: 2 elements per process and step.
+    assert f'data continues at element {2 * step} of this process' in err
+  _assert_same_final_state(ckpt, checkpoint.restore_latest(
+      str(tmp_path / 'whole')))
