@@ -40,15 +40,13 @@ import dataclasses
 import json
 import math
 import os
-import shlex
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from detcon.tools import commands
+
+REPO = commands.REPO
 RANDOM = 'random'  # The slug of random weights.
 PROTOCOLS = ('linear', 'nn')
 # The learning curve: evaluated at steps // d for each d (and step 0, the
@@ -104,25 +102,19 @@ def log_path(output_dir: str, name: str) -> str:
 
 
 def run_command(output_dir: str, name: str, args: Sequence[str]) -> float:
-  """Runs `python *args` in the repository; returns its wall time (s).
+  """Runs `python *args` (log `<output_dir>/logs/<name>.log`); wall time, s.
 
   Raises:
     RuntimeError: non-zero exit, with the tail of the log.
   """
-  command = [sys.executable, *args]
-  print(f'$ {shlex.join(command)}', flush=True)
   path = log_path(output_dir, name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  start = time.time()
-  with open(path, 'a') as log:
-    code = subprocess.call(command, cwd=REPO, stdout=log,
-                           stderr=subprocess.STDOUT,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  if code:
+  try:
+    return commands.run(args, path, env={'TF_CPP_MIN_LOG_LEVEL': '2'},
+                        append=True)
+  except commands.CommandError as e:
     with open(path) as log:
       tail = log.read()[-3000:]
-    raise RuntimeError(f'{name} failed (exit {code}); log {path}:\n{tail}')
-  return time.time() - start
+    raise RuntimeError(f'{name} {e}:\n{tail}') from None
 
 
 def scenes_dir(output_dir: str) -> str:

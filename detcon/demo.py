@@ -36,7 +36,6 @@ and pretraining continues from its checkpoint. A folder that holds anything
 else, or a demo run in the other mode (--quick or not), is refused.
 """
 
-import codecs
 import colorsys
 import contextlib
 import dataclasses
@@ -44,14 +43,10 @@ import io
 import json
 import os
 import re
-import shlex
-import shutil
-import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterable, Sequence
-from typing import TextIO
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -61,6 +56,7 @@ from skimage import segmentation
 
 from detcon import augment, plots, records, sample_data, train
 from detcon.configs import detcon_b
+from detcon.tools import commands
 
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', 'demo_output',
@@ -203,7 +199,7 @@ def prepare_output_dir(output_dir: str, settings: Settings) -> Paths:
   return paths
 
 
-def _shown(line: str) -> bool:
+def shown_on_console(line: str) -> bool:
   """Whether a command's output line goes to the console (all go to logs)."""
   match = _LOG_LINE.match(line)
   if not match:
@@ -215,100 +211,27 @@ def _shown(line: str) -> bool:
   return level in 'EF' or source in _SHOWN_SOURCES
 
 
-def relay(output: Iterable[bytes], log: TextIO, console: TextIO,
-          live: bool) -> None:
-  """Copies a command's output, as it comes, to its log and the console.
-
-  Lines (text ended by '\\n') all go to the log and, when `_shown`, to the
-  console after '  | '. A progress bar redraws its line after a '\\r' (as
-  tqdm does): its states go to neither, but on a live console the newest is
-  drawn in place on the last line. The bar's final state ends with '\\n',
-  as a line.
-
-  Args:
-    output: the command's output (stdout and stderr) as it comes, in
-      chunks of bytes of any size.
-    log: where every line goes.
-    console: where the shown lines go.
-    live: whether `console` is a terminal, where the bar can be redrawn.
-  """
-  decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
-  pending = ''  # The text after the last '\r' or '\n'.
-  after_cr = False  # Whether that was a '\r': `pending` is a bar state.
-  drawn = ''  # The bar state drawn on the console's last line, if any.
-
-  def write(text):
-    console.write(text)
-    console.flush()
-
-  def line(text) -> bool:
-    """Logs a line; shows it if `_shown`, over the bar; returns if shown."""
-    nonlocal drawn
-    log.write(text + '\n')
-    if not _shown(text):
-      return False
-    if drawn:
-      write('\r' + ' ' * len(drawn) + '\r')
-    write(f'  | {text}\n')
-    drawn = ''
-    return True
-
-  for chunk in output:
-    pieces = re.split('([\r\n])', pending + decoder.decode(chunk))
-    pending, bar = pieces.pop(), None  # The bar state to draw, if any.
-    for text, end in zip(pieces[::2], pieces[1::2], strict=True):
-      if end == '\n':
-        if line(text):
-          bar = None  # Older than the line: the bar redraws after it.
-      elif text.strip():
-        bar = text
-      after_cr = end == '\r'
-    if after_cr and pending.strip():
-      bar = pending
-    if live and bar is not None and f'  | {bar}' != drawn:
-      text = f'  | {bar}'
-      write('\r' + text + ' ' * max(len(drawn) - len(text), 0))
-      drawn = text
-  pending += decoder.decode(b'', final=True)
-  if pending.strip():
-    line(pending)
-  elif drawn:
-    write('\n')
-
-
 def run_command(name: str, args: Sequence[str], paths: Paths) -> None:
   """Runs `python *args` in the repository root, streaming its messages.
 
   Args:
     name: what runs, for messages; its whole output (stdout and stderr) goes
       to `<logs>/<name>.log`, progress bars but for their final state aside
-      (see `relay`).
+      (see `tools.commands.relay`).
     args: the arguments after the Python interpreter.
     paths: the demo's paths.
 
   Raises:
     DemoError: the command exited with a non-zero code.
   """
-  command = [sys.executable, *args]
   if args[0] == '-m' and args[1] in LIBRARY_LOG_COMMANDS:
     # The log files keep the libraries' detail; the console hides it.
-    command.append('--library_logs')
-  log_path = os.path.join(paths.logs, f'{name}.log')
-  print(f'$ {shlex.join(command)}', flush=True)
-  env = dict(os.environ)
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # No TensorFlow INFO chatter.
-  live = sys.stdout.isatty()
-  if live:  # Progress bars as wide as the console, less the '  | ' margin.
-    env.setdefault('TQDM_NCOLS',
-                   str(shutil.get_terminal_size().columns - 5))
-  with open(log_path, 'w') as log, subprocess.Popen(
-      command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT) as proc:
-    relay(iter(lambda: proc.stdout.read1(1 << 16), b''), log, sys.stdout,
-          live)
-  if proc.returncode:
-    raise DemoError(f'{name} failed with exit code {proc.returncode}; its '
-                    f'whole output is in {log_path}')
+    args = [*args, '--library_logs']
+  try:
+    commands.run(args, os.path.join(paths.logs, f'{name}.log'),
+                 shown=shown_on_console, env={'TF_CPP_MIN_LOG_LEVEL': '1'})
+  except commands.CommandError as e:
+    raise DemoError(f'{name} {e}') from None
 
 
 def make_folders(paths: Paths, settings: Settings) -> None:

@@ -14,6 +14,7 @@ import tqdm
 from PIL import Image
 
 from detcon import checkpoint, demo, export
+from detcon.tools import commands
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _QUICK_RUN = {}  # The one quick demo run of the test session.
@@ -188,8 +189,9 @@ def screen(text):
 def test_relay_shows_lines_and_one_bar_logs_every_line(live, chunk):
   output = main_loop_output()
   log, console = io.StringIO(), io.StringIO()
-  demo.relay([output[i:i + chunk] for i in range(0, len(output), chunk)],
-             log, console, live)
+  commands.relay(
+      [output[i:i + chunk] for i in range(0, len(output), chunk)], log,
+      console, live, demo.shown_on_console)
   final_bar = '100%|##########| 3/3'
   shown = screen(console.getvalue())
   assert len(shown) == 4 and shown[-1] == ''
