@@ -468,9 +468,8 @@ def format_report(report: dict) -> str:
               '(seeds > 0) | nn mIoU | steps to reach the other\'s final '
               '(linear / nn) |', '|---|---|---|---|']
     for key, d in report['differences'].items():
-      cells = [f'{d[p]["mean"]:+.4f} [{d[p]["low"]:+.4f}, '
-               f'{d[p]["high"]:+.4f}] ({d[p]["wins"]}/{d[p]["seeds"]})'
-               for p in PROTOCOLS]
+      cells = [f'{d[p]["mean"]:+.4f} {_interval(d[p])} '
+               f'({d[p]["wins"]}/{d[p]["seeds"]})' for p in PROTOCOLS]
       reach = ' / '.join(
           'does not' if s is None else str(s)
           for s in (report['steps_to_reach'][key][p] for p in PROTOCOLS))
@@ -496,6 +495,12 @@ def format_report(report: dict) -> str:
                    f'{s["purity"]:.3f} | {s["masks_per_view"]:.2f} |')
   lines += ['', 'Missing: ' + (', '.join(report['missing']) or 'none') + '.']
   return '\n'.join(lines)
+
+
+def _interval(difference: dict) -> str:
+  if math.isnan(difference['low']):
+    return '[one seed: no interval]'
+  return f'[{difference["low"]:+.4f}, {difference["high"]:+.4f}]'
 
 
 def draw_report(report: dict, stem: str) -> None:

@@ -130,3 +130,10 @@ def test_a_results_file_of_other_settings_is_refused(tmp_path):
   with pytest.raises(SystemExit, match='holds a study with other settings'):
     dense_study.run_study(str(tmp_path / 'study'), str(path), TOY, [], [0],
                           [], 'toy')
+
+
+def test_one_seed_has_no_interval():
+  report = dense_study.summarize(_results(), seeds=[0])
+  d = report['differences']['DetCon-B - BYOL']['linear']
+  assert d['mean'] == pytest.approx(0.03) and math.isnan(d['low'])
+  assert '[one seed: no interval] (1/1)' in dense_study.format_report(report)
