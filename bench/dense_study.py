@@ -549,16 +549,13 @@ def mask_statistics(output_dir: str, scale: Scale, arms: Sequence[Arm],
         output_dir, 'fh' if source == 'grid' else source), 'train')
     segments, purity = [], []
     for raw in tf.data.TFRecordDataset(paths).take(num_images):
-      f = tf.train.Example.FromString(raw.numpy()).features.feature
-      h = f['image/height'].int64_list.value[0]
-      w = f['image/width'].int64_list.value[0]
+      r = records.read_example(raw.numpy())
       if source == 'grid':
-        mask = grid_mask(h, w, _pipeline_config(scale, source).grid_size)
+        mask = data.grid_masks(r['height'], r['width'], _pipeline_config(
+            scale, source).grid_size).numpy()[..., 0]
       else:
-        mask = records.decode_masks(f[records.MASK_KEY].bytes_list.value[0],
-                                    h, w)[0]
-      stem = os.path.splitext(
-          f['image/filename'].bytes_list.value[0].decode())[0]
+        mask = r['masks'][0]
+      stem = os.path.splitext(r['filename'])[0]
       objects = voc.read_label_png(os.path.join(
           scenes_dir(output_dir), 'voc', 'SegmentationObject', f'{stem}.png'))
       ids = np.unique(mask)
@@ -581,13 +578,6 @@ def mask_statistics(output_dir: str, scale: Scale, arms: Sequence[Arm],
                        purity=float(np.mean(purity)),
                        masks_per_view=float(np.mean(counts)))
   return out
-
-
-def grid_mask(height: int, width: int, n: int) -> np.ndarray:
-  """The n x n grid heuristic's ids `[height, width]`, row-major."""
-  rows = np.arange(height) * n // height
-  cols = np.arange(width) * n // width
-  return rows[:, None] * n + cols[None, :]
 
 
 def _pipeline_config(scale: Scale, masks_name: str):

@@ -364,21 +364,13 @@ def _read_records(paths: Sequence[str], count: int) -> list[dict]:
   for serialized in tf.data.TFRecordDataset(list(paths)):
     if len(out) == count:
       break
-    f = tf.train.Example.FromString(serialized.numpy()).features.feature
-
-    def one(key, f=f):
-      return f[key].bytes_list.value[0]
-
-    synset = one('image/class/synset').decode()
-    if synset in out:
+    r = records.read_example(serialized.numpy())
+    if r['synset'] in out:
       continue
-    height = f['image/height'].int64_list.value[0]
-    width = f['image/width'].int64_list.value[0]
-    image = Image.open(io.BytesIO(one('image/encoded')))
-    out[synset] = dict(
-        image=np.asarray(image.convert('RGB')),
-        masks=records.decode_masks(one(records.MASK_KEY), height, width),
-        filename=one('image/filename').decode(), synset=synset)
+    image = Image.open(io.BytesIO(r['image']))
+    out[r['synset']] = dict(image=np.asarray(image.convert('RGB')),
+                            masks=r['masks'], filename=r['filename'],
+                            synset=r['synset'])
   return list(out.values())
 
 

@@ -142,6 +142,32 @@ def make_example(*, image: bytes, height: int, width: int, filename: str,
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+def read_example(serialized: bytes) -> dict:
+  """One serialized record as Python values (for tools; eager, not tf.data).
+
+  Returns:
+    dict: `image` (the encoded bytes), `height`, `width`, `label` (as
+    stored: 1-based, 0 for no class), `filename`, `synset` ('' when absent),
+    `masks` (int32 `[n, height, width]`, None when the record has none) and
+    `mask_source` (None when absent, as in the original format).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  f = tf.train.Example.FromString(serialized).features.feature
+
+  def text(key):
+    return f[key].bytes_list.value[0].decode() if key in f else ''
+
+  height = f['image/height'].int64_list.value[0]
+  width = f['image/width'].int64_list.value[0]
+  masks = f[MASK_KEY].bytes_list.value[0] if MASK_KEY in f else b''
+  return dict(image=f['image/encoded'].bytes_list.value[0], height=height,
+              width=width, label=f['image/class/label'].int64_list.value[0],
+              filename=text('image/filename'),
+              synset=text('image/class/synset'),
+              masks=decode_masks(masks, height, width) if masks else None,
+              mask_source=text(MASK_SOURCE_KEY) or None)
+
+
 def feature_spec():
   """The `tf.io.parse_single_example` spec of the features the reader needs."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

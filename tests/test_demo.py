@@ -1,6 +1,7 @@
 """The built-in demo, end to end (`python -m detcon.demo --quick`)."""
 
 import io
+import itertools
 import json
 import math
 import os
@@ -47,8 +48,8 @@ def quick(tmp_path_factory):
 def summary(stdout):
   """The final summary: {description: path}."""
   lines = stdout[stdout.index('Outputs:'):].splitlines()[1:]
-  pairs = [line.strip().rsplit(': ', 1) for line in lines
-           if line.startswith('  ')]
+  listed = itertools.takewhile(lambda line: line.startswith('  '), lines)
+  pairs = [line.strip().rsplit(': ', 1) for line in listed]
   return {what: path.strip() for what, path in pairs}
 
 

@@ -211,6 +211,21 @@ def test_masks_equal_fh_on_decoded_stored_image(which, request):
   assert records_seen > 30
 
 
+def test_read_example_gives_the_fields_of_a_real_record(png_run):
+  shard = os.path.join(png_run[1], final_names(png_run[1])[0])
+  raw = next(tf.data.TFRecordDataset(shard).as_numpy_iterator())
+  want = read_records(shard)[0]
+  got = records.read_example(raw)
+  assert got['image'] == want['image/encoded']
+  assert (got['height'], got['width'], got['label']) == (
+      want['image/height'], want['image/width'], want['image/class/label'])
+  assert got['filename'] == want['image/filename'].decode()
+  assert got['synset'] == want['image/class/synset'].decode()
+  assert got['mask_source'] == want[records.MASK_SOURCE_KEY].decode()
+  np.testing.assert_array_equal(got['masks'], records.decode_masks(
+      want[records.MASK_KEY], got['height'], got['width']))
+
+
 def test_labels_from_sorted_folders(data, png_run):
   for split, directory in (('train', data.train), ('validation', data.val)):
     for record in by_split(png_run[2], split):
