@@ -4,7 +4,8 @@ One step (docs/method.md): augment both views on device, assign each 32x32 cell
 of each view's mask to its majority id, sample 16 ids per view, run the online
 network (encoder -> mask pooling -> projector [-> predictor], plus the
 classifier) on both views, take the representation loss plus the classifier's
-cross-entropy, apply LARS. The objectives (`config.objective`):
+cross-entropy, apply LARS. The objectives (`config.objective`, defined in
+`objectives`):
 
 * `detcon_b` (default) and `byol` (its image-level baseline): the BYOL
   framework. The online network has a predictor; a target network (encoder
@@ -40,13 +41,10 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from detcon import augment, losses, masks, networks, optim
+from detcon import augment, masks, networks, objectives, optim
 
 AXIS = 'data'
 TARGET_MODULES = ('encoder', 'projector')  # The target has no predictor.
-OBJECTIVES = ('detcon_b', 'byol', 'detcon_s', 'simclr')
-BYOL_FRAMEWORK = ('detcon_b', 'byol')  # Predictor and EMA target network.
-IMAGE_LEVEL_OBJECTIVES = ('byol', 'simclr')  # One global mask per image.
 TARGET_INITS = ('independent', 'copy')
 
 
@@ -64,7 +62,7 @@ class TrainState(NamedTuple):
 
 def has_target(config: ml_collections.ConfigDict) -> bool:
   """Whether the objective uses BYOL's predictor and EMA target network."""
-  return config.objective in BYOL_FRAMEWORK
+  return objectives.get(config.objective).has_target
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -74,9 +72,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ValueError: unknown `objective` or `target_init`, negative `num_classes`,
       or an `image_size` that is not a multiple of 32.
   """
-  if config.objective not in OBJECTIVES:
-    raise ValueError(f'objective {config.objective!r}: use one of '
-                     f'{", ".join(OBJECTIVES)}')
+  objectives.get(config.objective)
   if config.target_init not in TARGET_INITS:
     raise ValueError(f'target_init {config.target_init!r}: use independent '
                      '(the original: the target gets its own random '
@@ -259,7 +255,7 @@ def _view_pooling(keys, fh_masks, config):
 
   The input pipeline keeps only the config's `fh_mask_to_use` channel.
   """
-  if config.objective in IMAGE_LEVEL_OBJECTIVES:
+  if objectives.get(config.objective).image_level:
     b, cells = fh_masks.shape[0], grid_size(config.image_size) ** 2
     return jnp.zeros((b, 1), jnp.int32), masks.global_pooling_weights(b, cells)
   cell_ids, ids = sample_view_masks(keys, fh_masks, config)
@@ -306,13 +302,9 @@ def _local_step(ts: TrainState, batch, *, config, net, optimizer, schedule,
       tstate = ts.target_state
       pred1 = cand1 = online1['projection']
       pred2 = cand2 = online2['projection']
-    if config.objective == 'byol':
-      repr_loss = losses.byol_regression(pred1[:, 0], pred2[:, 0],
-                                         cand1[:, 0], cand2[:, 0])
-    else:
-      repr_loss = losses.byol_nce_detcon(
-          pred1, pred2, cand1, cand2, ids1, ids2, ids1, ids2,
-          config.detcon.temperature, AXIS)
+    repr_loss = objectives.get(config.objective).loss(
+        pred1, pred2, cand1, cand2, ids1, ids2, config.detcon.temperature,
+        AXIS)
     metrics = dict(repr_loss=jax.lax.pmean(repr_loss, AXIS),
                    **_classifier_metrics(online1.get('logits'),
                                          batch['labels']))
