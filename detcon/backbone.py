@@ -7,7 +7,7 @@ below and its features from `feature_map_fn` / `pooled_features_fn`:
 
   from_checkpoint  the newest checkpoint of a pretraining run (its config's
                    encoder, width multiplier and BatchNorm eps);
-  from_npy         a released or exported `.npy` file (`export.load_pretrained`;
+  from_npy         a released or exported `.npy` file (`pretrained`;
                    eps from the file when it records one, else 1e-5);
   from_random      random weights (the baseline every comparison needs);
   from_params      the live parameters of a training run;
@@ -95,14 +95,14 @@ def from_checkpoint(checkpoint_dir: str,
 
 
 def from_npy(npy: str, encoder: str | None = None) -> Backbone:
-  """A released or exported `.npy` file (`export.load_pretrained`).
+  """A released or exported `.npy` file (`pretrained.load_pretrained`).
 
   Raises:
     FileNotFoundError: no such file.
     ValueError: the file does not fit `encoder` (or any encoder).
   """
-  from detcon import export  # pylint: disable=g-import-not-at-top
-  pretrained = export.load_pretrained(npy, encoder)
+  from detcon import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  pretrained = pretrained_lib.load_pretrained(npy, encoder)
   return Backbone(pretrained.encoder, pretrained.width_multiplier,
                   pretrained.bn_eps, pretrained.params, pretrained.state, npy)
 

@@ -6,7 +6,7 @@ r"""Linear evaluation of a frozen encoder (BYOL's protocol).
       --dataset_directory=/data/imagenet-fh --num_steps=5000
 
 The command restores the newest pretraining checkpoint (or reads a released
-or exported `.npy` file, `export.load_pretrained`), trains a linear
+or exported `.npy` file, `pretrained.load_pretrained`), trains a linear
 classifier on the train records (random crop and flip) and reports top-1 and
 top-5 accuracy on the validation records (centre crop), as one JSON line that
 it also writes to `<checkpoint_dir>/linear_eval.json` (with `--npy`, printed

@@ -166,7 +166,7 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
   'copy' starts it equal to the online encoder and projector. Without a
   target network the target fields are empty dicts. With
   `config.init_from`, online and target networks both start from that file
-  (`export.init_from_pretrained`).
+  (`pretrained_lib.init_from_pretrained`).
   """
   check_config(config)
   net = make_network(config, axis_name=None)
@@ -201,10 +201,11 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
 
 def _from_pretrained(ts: TrainState, config, optimizer) -> TrainState:
   """`ts` with online and target networks loaded from `config.init_from`."""
-  from detcon import export  # pylint: disable=g-import-not-at-top
-  pretrained = export.load_pretrained(config.init_from, config.model.encoder,
-                                      config.model.width_multiplier)
-  params, state = export.init_from_pretrained(ts.params, ts.state, pretrained)
+  from detcon import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  pretrained = pretrained_lib.load_pretrained(
+      config.init_from, config.model.encoder, config.model.width_multiplier)
+  params, state = pretrained_lib.init_from_pretrained(ts.params, ts.state,
+                                                      pretrained)
   target_params = target_state = {}
   if has_target(config):
     target_params, target_state = target_subset(params), target_subset(state)

@@ -14,7 +14,7 @@ import pytest
 import tqdm
 from PIL import Image
 
-from detcon import checkpoint, demo, export
+from detcon import checkpoint, demo, npy_io, pretrained
 from detcon.tools import commands
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,9 +95,9 @@ def test_checkpoint_linear_eval_and_exports(quick):
                                     * demo.QUICK.validation_images_per_class)
   assert result['eval_split'] == 'validation'
   assert result['pretrain_step'] == demo.QUICK.pretrain_steps
-  params, state = export.load_npy(
+  params, state = npy_io.load_npy(
       os.path.join(out, 'exports', 'resnet18_detcon_b.npy'))
-  want_params, want_state = export.encoder_shapes(demo.ENCODER)
+  want_params, want_state = pretrained.encoder_shapes(demo.ENCODER)
   assert params.keys() == want_params.keys()
   assert state.keys() == want_state.keys()
   torchvision = os.path.join(out, 'exports', 'resnet18_detcon_b.pth')

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detcon import dense_eval, export, voc
+from detcon import dense_eval, npy_io, voc
 from tests import test_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -313,7 +313,7 @@ def test_backbone_sources_are_exclusive_and_encoder_checked(tmp_path):
 def test_npy_backbone_infers_its_encoder_and_refuses_another(
     random_resnet18, tmp_path):
   path = str(tmp_path / 'r18.npy')
-  export.save_npy(path, random_resnet18.params, random_resnet18.state)
+  npy_io.save_npy(path, random_resnet18.params, random_resnet18.state)
   backbone = dense_eval.load_backbone(npy=path)
   assert backbone.encoder == 'ResNet18'
   np.testing.assert_array_equal(

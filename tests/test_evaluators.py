@@ -8,12 +8,12 @@ import ml_collections
 import pytest
 
 from detcon import (
-  backbone,
-  dense_eval,
-  evaluators,
-  export,
-  linear_eval,
-  sample_data,
+    backbone,
+    dense_eval,
+    evaluators,
+    linear_eval,
+    npy_io,
+    sample_data,
 )
 from tests.test_dense_eval import write_voc
 
@@ -75,7 +75,7 @@ def records(tmp_path_factory):
 def test_linear_evaluator_gives_the_command_s_metrics(records, frozen,
                                                       tmp_path):
   npy = str(tmp_path / 'random.npy')
-  export.save_npy(npy, frozen.params, frozen.state)
+  npy_io.save_npy(npy, frozen.params, frozen.state)
   settings = dict(num_steps=3, batch_size=2, learning_rate=0.1,
                   image_size=64, num_classes=3, seed=1)
   command = linear_eval.run(None, records, npy=npy, **settings)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from detcon import export, networks
+from detcon import export, networks, npy_io, pretrained, torch_export
 
 BN = networks.bn_config(0.9, 1e-5, None)
 
@@ -50,7 +50,7 @@ def _trained(encoder, num_classes=10):
   params, state = (
       {m: {k: sample(m, k, s).astype(s.dtype) for k, s in d.items()}
        for m, d in tree.items()}
-      for tree in export.encoder_shapes(encoder))
+      for tree in pretrained.encoder_shapes(encoder))
   features = networks.ENCODERS[encoder][2][-1]
   params['projector/linear_0'] = {'w': np.ones((features, 8), np.float32),
                                   'b': np.zeros((8,), np.float32)}
@@ -70,15 +70,15 @@ def _images(size, seed=1):
 @pytest.mark.parametrize('encoder', ['ResNet18', 'ResNet50'])
 def test_npy_round_trip(tmp_path, encoder):
   params, state = _trained(encoder)
-  enc_params, enc_state = export.encoder_params_from(params, state)
+  enc_params, enc_state = npy_io.encoder_params_from(params, state)
   assert set(enc_params) == {m for m in params if m.startswith('encoder/')}
   assert set(enc_state) == {m for m in state if m.startswith('encoder/')}
   path = str(tmp_path / 'encoder.npy')
-  export.save_npy(path, enc_params, enc_state)
+  npy_io.save_npy(path, enc_params, enc_state)
   flat = np.load(path, allow_pickle=True).item()
   assert flat['encoder/initial_conv/w'].shape == (7, 7, 3, 64)
   assert 'encoder/initial_batchnorm/~/mean_ema/average' in flat
-  loaded_params, loaded_state = export.import_npy(path, encoder)
+  loaded_params, loaded_state = pretrained.import_npy(path, encoder)
   for want, got in ((enc_params, loaded_params), (enc_state, loaded_state)):
     assert jax.tree.structure(want) == jax.tree.structure(got)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
@@ -92,15 +92,15 @@ def test_npy_round_trip(tmp_path, encoder):
 
 def test_import_reports_wrong_names(tmp_path):
   params, state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                               export.encoder_shapes('ResNet18'))
-  flat = export.flatten(params, state)
+                               pretrained.encoder_shapes('ResNet18'))
+  flat = npy_io.flatten(params, state)
   flat['res_net/conv1/w'] = flat.pop('encoder/initial_conv/w')
   del flat['encoder/block_group_1/~/block_0/~/batchnorm_0/~/var_ema/average']
   flat['encoder/block_group_3/~/block_1/~/conv_1/w'] = np.zeros((3, 3, 1, 1))
   path = str(tmp_path / 'released.npy')
   np.save(path, np.array(flat, dtype=object), allow_pickle=True)
   with pytest.raises(ValueError) as error:
-    export.import_npy(path, 'ResNet18')
+    pretrained.import_npy(path, 'ResNet18')
   message = str(error.value)
   assert '2 missing' in message and '1 unexpected' in message
   assert 'encoder/initial_conv/w' in message
@@ -109,14 +109,14 @@ def test_import_reports_wrong_names(tmp_path):
   assert '1 wrong shape' in message
   assert 'conv_1/w: (3, 3, 1, 1) (expected (3, 3, 512, 512))' in message
   with pytest.raises(ValueError, match='missing'):  # ResNet-18 is not 34.
-    export.check_names(params, state, export.encoder_shapes('ResNet34'))
+    pretrained.check_names(params, state, pretrained.encoder_shapes('ResNet34'))
   with pytest.raises(ValueError, match='blocks'):
-    export.to_torchvision(params, state, 'ResNet34')
+    torch_export.to_torchvision(params, state, 'ResNet34')
 
 
 def _zeros(encoder):
   params, state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                               export.encoder_shapes(encoder))
+                               pretrained.encoder_shapes(encoder))
   return params, state
 
 
@@ -124,9 +124,9 @@ def _zeros(encoder):
 def test_torchvision_names_and_shapes(encoder):
   torch = pytest.importorskip('torch')
   pytest.importorskip('torchvision')
-  state_dict = export.to_torchvision(*_zeros(encoder), encoder)
+  state_dict = torch_export.to_torchvision(*_zeros(encoder), encoder)
   with torch.device('meta'):
-    want = export.make_torchvision_model(encoder).state_dict()
+    want = torch_export.make_torchvision_model(encoder).state_dict()
   assert list(state_dict) == list(want)
   for k, v in want.items():
     assert state_dict[k].shape == tuple(v.shape), k
@@ -138,13 +138,13 @@ def test_torchvision_loads_strict(encoder):
   torch = pytest.importorskip('torch')
   torchvision = pytest.importorskip('torchvision')
   params, state = _zeros(encoder)
-  state_dict = export.to_torchvision(params, state, encoder)
+  state_dict = torch_export.to_torchvision(params, state, encoder)
   assert state_dict['fc.weight'].shape[0] == 1000
   if encoder == 'ResNet50':
     model = torchvision.models.resnet50()
     model.load_state_dict({k: torch.from_numpy(v)
                            for k, v in state_dict.items()}, strict=True)
-  export.make_torchvision_model(encoder, state_dict)
+  torch_export.make_torchvision_model(encoder, state_dict)
 
 
 def _torch_features(model, images):
@@ -166,17 +166,17 @@ def test_torchvision_features_match_with_tf_padding(encoder, size):
   pytest.importorskip('torch')
   pytest.importorskip('torchvision')
   params, state = _trained(encoder)
-  enc_params, enc_state = export.encoder_params_from(params, state)
+  enc_params, enc_state = npy_io.encoder_params_from(params, state)
   images = _images(size)
   want = np.asarray(_forward(encoder)(enc_params, enc_state, images))
   want_logits = want.mean((1, 2)) @ params['classifier']['w'] + params[
       'classifier']['b']
-  state_dict = export.to_torchvision(params, state, encoder)
+  state_dict = torch_export.to_torchvision(params, state, encoder)
   assert state_dict['fc.weight'].shape == (10, want.shape[-1])
   assert int(state_dict['bn1.num_batches_tracked']) == 123
   scale = np.abs(want).max()
   assert scale > 1e-2
-  model = export.make_torchvision_model(encoder, state_dict,
+  model = torch_export.make_torchvision_model(encoder, state_dict,
                                         tf_same_padding=True)
   got, logits = _torch_features(model, images)
   assert got.shape == want.shape
@@ -185,21 +185,21 @@ def test_torchvision_features_match_with_tf_padding(encoder, size):
                              atol=1e-4 * np.abs(want_logits).max(), rtol=0)
   # Unpatched, PyTorch's symmetric padding gives different features.
   plain, _ = _torch_features(
-      export.make_torchvision_model(encoder, state_dict), images)
+      torch_export.make_torchvision_model(encoder, state_dict), images)
   assert np.abs(plain - want).max() > 1e-2 * scale
 
 
 def test_tf_same_pads():
-  assert export._tf_same_pads(224, 7, 2) == (2, 3)
-  assert export._tf_same_pads(112, 3, 2) == (0, 1)
-  assert export._tf_same_pads(7, 3, 2) == (1, 1)
-  assert export._tf_same_pads(56, 1, 2) == (0, 0)
-  assert export._tf_same_pads(56, 3, 1) == (1, 1)
+  assert torch_export._tf_same_pads(224, 7, 2) == (2, 3)
+  assert torch_export._tf_same_pads(112, 3, 2) == (0, 1)
+  assert torch_export._tf_same_pads(7, 3, 2) == (1, 1)
+  assert torch_export._tf_same_pads(56, 1, 2) == (0, 0)
+  assert torch_export._tf_same_pads(56, 3, 1) == (1, 1)
 
 
 def test_detectron2_names(tmp_path):
-  state_dict = export.to_torchvision(*_zeros('ResNet50'), 'ResNet50')
-  d2 = export.to_detectron2(state_dict)
+  state_dict = torch_export.to_torchvision(*_zeros('ResNet50'), 'ResNet50')
+  d2 = torch_export.to_detectron2(state_dict)
   for key in ('stem.conv1.weight', 'stem.conv1.norm.weight',
               'stem.conv1.norm.running_var', 'res2.0.conv1.weight',
               'res2.0.conv2.norm.bias', 'res2.0.shortcut.weight',
@@ -213,7 +213,7 @@ def test_detectron2_names(tmp_path):
   np.testing.assert_array_equal(d2['res4.5.conv2.weight'],
                                 state_dict['layer3.5.conv2.weight'])
   path = str(tmp_path / 'd2.pkl')
-  export.save_detectron2(path, state_dict)
+  torch_export.save_detectron2(path, state_dict)
   with open(path, 'rb') as f:
     saved = pickle.load(f)
   assert saved['__author__'] == 'torchvision' and saved['matching_heuristics']
@@ -224,7 +224,7 @@ def test_save_torch_without_torch(tmp_path, monkeypatch):
   state_dict = {'conv1.weight': np.ones((2, 3, 1, 1), np.float32),
                 'bn1.num_batches_tracked': np.asarray(5, np.int64)}
   monkeypatch.setitem(sys.modules, 'torch', None)
-  path = export.save_torch(str(tmp_path / 'model.pth'), state_dict)
+  path = torch_export.save_torch(str(tmp_path / 'model.pth'), state_dict)
   assert path.endswith('model.npz')
   loaded = np.load(path)
   assert set(loaded) == set(state_dict)
@@ -235,7 +235,7 @@ def test_save_torch_without_torch(tmp_path, monkeypatch):
 def test_save_torch(tmp_path):
   torch = pytest.importorskip('torch')
   state_dict = {'conv1.weight': np.ones((2, 3, 1, 1), np.float32)}
-  path = export.save_torch(str(tmp_path / 'model.pth'), state_dict)
+  path = torch_export.save_torch(str(tmp_path / 'model.pth'), state_dict)
   loaded = torch.load(path)
   assert torch.equal(loaded['conv1.weight'], torch.ones(2, 3, 1, 1))
 
@@ -251,7 +251,7 @@ def test_export_checkpoint(tmp_path, monkeypatch):
   import detcon
   monkeypatch.setattr(detcon, 'checkpoint', fake, raising=False)
   out = export.export_checkpoint('unused', str(tmp_path / 'a.npy'), 'npy')
-  got_params, _ = export.import_npy(out, 'ResNet18')
+  got_params, _ = pretrained.import_npy(out, 'ResNet18')
   np.testing.assert_array_equal(got_params['encoder/initial_conv']['w'],
                                 params['encoder/initial_conv']['w'])
   out = export.export_checkpoint('unused', str(tmp_path / 'a.pkl'),

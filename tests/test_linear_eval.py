@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detcon import data, demo, export, linear_eval, networks
+from detcon import data, demo, linear_eval, networks
+from detcon import pretrained as pretrained_lib
 from tests import test_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +108,7 @@ def test_train_needs_enough_batches():
 
 def test_features_fn_is_frozen_inference_mode():
   rng = np.random.default_rng(4)
-  shapes = export.encoder_shapes('ResNet18')
+  shapes = pretrained_lib.encoder_shapes('ResNet18')
   def sample(name, shape):
     if name == 'w':  # Conv HWIO.
       return rng.normal(0, np.prod(shape[:-1]) ** -0.5, shape)

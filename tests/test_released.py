@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from detcon import checkpoint, export, train
+from detcon import checkpoint, export, npy_io, torch_export, train
+from detcon import pretrained as pretrained_lib
 from tests import (
   released_layout,
   test_demo,
@@ -63,9 +64,9 @@ def _ours(module):
 
 
 def test_released_file_imports_its_arrays(r50_file):
-  pretrained = export.load_pretrained(r50_file)
+  pretrained = pretrained_lib.load_pretrained(r50_file)
   assert (pretrained.encoder, pretrained.width_multiplier) == ('ResNet50', 1)
-  got = export.flatten(pretrained.params, pretrained.state)
+  got = npy_io.flatten(pretrained.params, pretrained.state)
   want = {f'{_ours(m)}/{k}': v for m, d in _r50().items() for k, v in d.items()}
   assert set(got) == set(want)
   for key, value in want.items():
@@ -77,7 +78,7 @@ def test_released_file_imports_its_arrays(r50_file):
     assert got[key].dtype == value.dtype, key
   assert pretrained.state['encoder/initial_batchnorm/~/mean_ema'][
       'counter'].dtype == np.int32
-  params, state = export.import_npy(r50_file, 'ResNet50', 1)
+  params, state = pretrained_lib.import_npy(r50_file, 'ResNet50', 1)
   assert jax.tree.structure((params, state)) == jax.tree.structure(
       (pretrained.params, pretrained.state))
 
@@ -85,7 +86,7 @@ def test_released_file_imports_its_arrays(r50_file):
 def test_imported_encoder_equals_torchvision_forward(r50_file):
   torch = pytest.importorskip('torch')
   torchvision = pytest.importorskip('torchvision')
-  pretrained = export.load_pretrained(r50_file)
+  pretrained = pretrained_lib.load_pretrained(r50_file)
   images = test_export._images(64)
   got = np.asarray(test_export._forward('ResNet50')(
       pretrained.params, pretrained.state, images))
@@ -96,7 +97,7 @@ def test_imported_encoder_equals_torchvision_forward(r50_file):
        released_layout.torchvision_state_dict(_r50(), R50).items()},
       strict=True)
   want, want_logits = test_export._torch_features(
-      export.patch_tf_same_padding(model).eval(), images)
+      torch_export.patch_tf_same_padding(model).eval(), images)
   scale = np.abs(want).max()
   assert got.shape == want.shape == (2, 2, 2, 2048) and scale > 1e-2
   np.testing.assert_allclose(got, want, atol=1e-4 * scale, rtol=0)
@@ -129,9 +130,9 @@ def test_convert_released_file_to_every_format(r50_file, tmp_path):
                                 _r50()[R50 + 'initial_conv']['w'])
   np.testing.assert_array_equal(flat['predictor/linear_1/w'],
                                 _r50()['predictor/linear_1']['w'])
-  again = export.load_pretrained(path)  # Our flat layout, read back.
+  again = pretrained_lib.load_pretrained(path)  # Our flat layout, read back.
   for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(
-      export.load_pretrained(r50_file)), strict=True):
+      pretrained_lib.load_pretrained(r50_file)), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
@@ -170,7 +171,7 @@ def test_export_cli_converts_a_released_file(tmp_path):
 def test_resnet200_layout_is_recognised():
   tree = released_layout.released_dict(
       released_layout.RESNET200, prefix='res_net200/~/', random=False)
-  pretrained = export.pretrained_from_dict(tree)
+  pretrained = pretrained_lib.pretrained_from_dict(tree)
   assert (pretrained.encoder, pretrained.width_multiplier) == ('ResNet200', 1)
   assert ('encoder/block_group_2/~/block_35/~/conv_2' in pretrained.params)
   assert len(pretrained.params) + len(pretrained.state) == len(tree)
@@ -180,7 +181,7 @@ def test_resnet200_layout_is_recognised():
             and int(m.split('/~/')[2][6:]) >= (3, 4, 6, 3)[int(
                 m.split('/~/')[1][12:])]]
   with pytest.raises(ValueError) as error:
-    export.pretrained_from_dict(tree, 'ResNet50', what='r200.npy')
+    pretrained_lib.pretrained_from_dict(tree, 'ResNet50', what='r200.npy')
   message = str(error.value)
   assert 'r200.npy does not fit ResNet50' in message
   assert f'{len(beyond)} unexpected' in message
@@ -197,7 +198,7 @@ def test_truncated_file_lists_missing_unexpected_misshaped(tmp_path):
   tree['target/extra'] = {'w': np.zeros((2,), np.float32)}
   path = released_layout.save(tmp_path / 'truncated.npy', tree)
   with pytest.raises(ValueError) as error:
-    export.load_pretrained(path)
+    pretrained_lib.load_pretrained(path)
   message = str(error.value)
   assert f'{path} does not fit ResNet50' in message
   assert '5 missing' in message
@@ -215,7 +216,7 @@ def test_foreign_or_unreadable_file_is_a_clear_error(tmp_path):
              'layer1.0.bn1.bias': np.zeros((64,), np.float32)}
   path = released_layout.save(tmp_path / 'torchvision.npy', foreign)
   with pytest.raises(ValueError) as error:
-    export.load_pretrained(path)
+    pretrained_lib.load_pretrained(path)
   message = str(error.value)
   assert 'holds no ResNet encoder' in message
   assert '2 unexpected:\n    conv1.weight\n    layer1.0.bn1.bias' in message
@@ -228,12 +229,12 @@ def test_foreign_or_unreadable_file_is_a_clear_error(tmp_path):
   text = tmp_path / 'notes.npy'
   text.write_text('not an array')
   with pytest.raises(ValueError, match='not a readable .npy file'):
-    export.load_pretrained(str(text))
+    pretrained_lib.load_pretrained(str(text))
   np.save(tmp_path / 'array.npy', np.zeros(3))
   with pytest.raises(ValueError, match='holds no pickled dict'):
-    export.load_pretrained(str(tmp_path / 'array.npy'))
+    pretrained_lib.load_pretrained(str(tmp_path / 'array.npy'))
   with pytest.raises(FileNotFoundError, match='no such .npy file'):
-    export.load_pretrained(str(tmp_path / 'none.npy'))
+    pretrained_lib.load_pretrained(str(tmp_path / 'none.npy'))
 
 
 # init_from_pretrained, on the trees of the tiny pretraining network.
@@ -252,16 +253,16 @@ def _network(config, fill=7.0):
 
 
 def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
-  pretrained = export.pretrained_from_dict(_r18(seed=3), what='r18.npy')
+  pretrained = pretrained_lib.pretrained_from_dict(_r18(seed=3), what='r18.npy')
   config = test_train.tiny_config()  # num_classes 4: the file has 1000.
   params, state = _network(config)
   with caplog.at_level(logging.WARNING):
-    new_params, new_state = export.init_from_pretrained(params, state,
+    new_params, new_state = pretrained_lib.init_from_pretrained(params, state,
                                                         pretrained)
   assert 'num_classes=1000' in caplog.text
-  want = export.flatten(pretrained.params, pretrained.state)
-  got = export.flatten(new_params, new_state)
-  assert set(got) == set(export.flatten(params, state))
+  want = npy_io.flatten(pretrained.params, pretrained.state)
+  got = npy_io.flatten(new_params, new_state)
+  assert set(got) == set(npy_io.flatten(params, state))
   replaced = [k for k in got if k.split('/')[0] in ('encoder', 'projector',
                                                     'predictor')]
   assert len(replaced) == len(want) - 2  # All but the classifier's w, b.
@@ -272,7 +273,8 @@ def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
   np.testing.assert_array_equal(params['encoder/initial_conv']['w'], 7.0)
   # A network with the file's 1000 classes takes its classifier too.
   config.num_classes = 1000
-  new_params, _ = export.init_from_pretrained(*_network(config), pretrained)
+  new_params, _ = pretrained_lib.init_from_pretrained(*_network(config),
+                                                      pretrained)
   np.testing.assert_array_equal(new_params['classifier']['b'],
                                 want['classifier/b'])
 
@@ -283,11 +285,11 @@ def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
     ('width_multiplier', 2, '--config.model.width_multiplier=1'),
 ])
 def test_init_from_pretrained_names_the_config_to_fix(field, value, message):
-  pretrained = export.pretrained_from_dict(_r18(random=False))
+  pretrained = pretrained_lib.pretrained_from_dict(_r18(random=False))
   config = test_train.tiny_config()
   config.model[field] = value
   with pytest.raises(ValueError, match='wrong shape') as error:
-    export.init_from_pretrained(*_network(config), pretrained)
+    pretrained_lib.init_from_pretrained(*_network(config), pretrained)
   assert message in str(error.value)
 
 
@@ -339,7 +341,7 @@ def test_main_loop_init_from_starts_from_the_file(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Initialised the online and target network from' in result.stderr
   restored = checkpoint.restore_latest(ckpt)
-  want = export.load_pretrained(str(path))
+  want = pretrained_lib.load_pretrained(str(path))
   for module, leaves in want.params.items():
     for name, value in leaves.items():
       np.testing.assert_array_equal(restored['params'][module][name], value,
