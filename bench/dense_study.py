@@ -615,7 +615,7 @@ _SCALE_HELP = {
 DEFAULT_SCALE = Scale(
     num_train=600, num_val=100, scene_size=320, num_classes=6,
     objects_per_image='3,6', object_size='0.3,0.6', encoder='ResNet18',
-    width_multiplier=0.25, image_size=128, batch_size=32, steps=600,
+    width_multiplier=0.5, image_size=128, batch_size=16, steps=600,
     base_learning_rate=16.0, base_target_ema=0.99, head_size=256,
     fh_scale=1000, fh_min_size=200, eval_image_size=320,
     eval_crops_per_image=1, eval_linear_steps=300)
