@@ -115,6 +115,7 @@ def relay(output: Iterable[bytes], log: TextIO, console: TextIO,
       text = f'  | {bar}'
       write('\r' + text + ' ' * max(len(drawn) - len(text), 0))
       drawn = text
+    log.flush()  # The log can be followed while the command runs.
   pending += decoder.decode(b'', final=True)
   if pending.strip():
     line(pending)
