@@ -52,8 +52,9 @@ def test_a_spread_draws_a_band_around_the_curve(tmp_path):
   plots.line_plot(str(plain), {'a': (xs, ys)}, 'title')
   plots.line_plot(str(banded), {'a': (xs, ys, [0.0, 0.5, 0.5])}, 'title')
   band = tuple(round(0.2 * c + 0.8 * 255) for c in BLUE)  # Alpha 0.2.
-  assert count(pixels(plain), band, tolerance=4) == 0
-  assert count(pixels(banded), band, tolerance=4) > 1000
+  # The plain line's antialiased edges have a few pixels of that shade.
+  assert count(pixels(banded), band, tolerance=4) > (
+      count(pixels(plain), band, tolerance=4) + 1000)
 
 
 def test_smooth_is_a_debiased_moving_average():
