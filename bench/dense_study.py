@@ -621,6 +621,15 @@ DEFAULT_SCALE = Scale(
     eval_crops_per_image=1, eval_linear_steps=300)
 
 
+def define_results_flag(study: str):
+  """--results: the study's results file, by default in bench/results/."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  return flags.DEFINE_string(
+      'results', os.path.join(REPO, 'bench', 'results', f'{study}.json'),
+      'The results file (one entry per scored checkpoint; finished runs in it '
+      'are skipped on a rerun); the report and figures go beside it.')
+
+
 def define_scale_flags() -> dict:
   """One absl flag per `Scale` field, defaulting to `DEFAULT_SCALE`."""
   from absl import flags  # pylint: disable=g-import-not-at-top

@@ -16,19 +16,13 @@ run; a rerun skips what is finished. See `bench.dense_study` and
 docs/studies.md.
 """
 
-import os
-
 from absl import app, flags
 
 from bench import dense_study, machine
 
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', '/tmp/detcon_vs_byol',
                                   'Scenes, records, checkpoints and logs.')
-_RESULTS = flags.DEFINE_string(
-    'results', os.path.join(dense_study.REPO, 'bench', 'results',
-                            'detcon_vs_byol.json'),
-    'The results file (one entry per scored checkpoint; finished runs in it '
-    'are skipped on a rerun); the report and figures go beside it.')
+_RESULTS = dense_study.define_results_flag('detcon_vs_byol')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'],
                            'One pretraining run per objective and seed.')
 _SCALE = dense_study.define_scale_flags()
