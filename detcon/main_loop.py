@@ -248,6 +248,25 @@ def inspect_records(config) -> TrainRecords:
   return TrainRecords(paths, offsets, num_records, first['label'] >= 0)
 
 
+def with_input_facts(config, train_records: TrainRecords | None):
+  """A copy of `config` completed by what the input says (the caller's stays).
+
+  `num_train_images` 0 becomes the records' count (the global batch on mock
+  data, `train_records` None); records without classes turn the online
+  classifier off (`num_classes` 0). The copy is what the run trains with
+  and what its checkpoints keep.
+  """
+  config = config.copy_and_resolve_references()
+  if train_records is None:
+    config.num_train_images = config.num_train_images or config.batch_size
+    return config
+  config.num_train_images = (config.num_train_images or
+                             train_records.num_records)
+  if not train_records.has_classes:
+    config.num_classes = 0
+  return config
+
+
 def input_state(config, train_records: TrainRecords, origin: int) -> dict:
   """This run's `record_order.input_state` (what a checkpoint keeps)."""
   return record_order.input_state(
@@ -360,15 +379,8 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
   validate(config)
   local_devices = jax.local_device_count()
   per_device = config.batch_size // jax.device_count()
-  train_records = None
-  if config.mock_data:
-    config.num_train_images = config.num_train_images or config.batch_size
-  else:
-    train_records = inspect_records(config)
-    config.num_train_images = (config.num_train_images or
-                               train_records.num_records)
-    if not train_records.has_classes:
-      config.num_classes = 0
+  train_records = None if config.mock_data else inspect_records(config)
+  config = with_input_facts(config, train_records)
   warmup, total = optim.warmup_and_total_steps(
       config.pretrain_epochs, config.batch_size, config.num_train_images,
       config.optimizer.warmup_epochs_divisor)

@@ -342,3 +342,17 @@ def test_main_loop_unlabelled_records_turn_the_classifier_off(
     config.masks = 'fh'
     with pytest.raises(ValueError, match='without FH masks'):
       loop.inspect_records(config)
+
+
+def test_input_facts_complete_a_copy_of_the_config(tmp_path):
+  _unlabelled_records(str(tmp_path), masks=True)
+  config = tiny_config()
+  config.dataset_directory, config.num_classes = str(tmp_path), 7
+  resolved = loop.with_input_facts(config, loop.inspect_records(config))
+  assert (resolved.num_train_images, resolved.num_classes) == (2, 0)
+  assert (config.num_train_images, config.num_classes) == (0, 7)
+  mock = loop.with_input_facts(config, None)  # The global batch, classes kept.
+  assert (mock.num_train_images, mock.num_classes) == (config.batch_size, 7)
+  config.num_train_images = 5  # A given epoch size wins over the count.
+  assert loop.with_input_facts(
+      config, loop.inspect_records(config)).num_train_images == 5
