@@ -28,7 +28,7 @@ the gradient is exactly that of the loss on the global batch.
 """
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import haiku as hk
@@ -92,17 +92,39 @@ def grid_size(image_size: int) -> int:
   return image_size // 32
 
 
-def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
-  """Returns the Haiku network `f(images, pool_weights, online)`.
+class Network(NamedTuple):
+  """The run's network: two Haiku functions over one parameter tree.
 
-  `images`: float `[B, S, S, 3]` in [0, 1]; `pool_weights`: `[B, K, cells]`.
-  Output dict: `projection` `[B, K, 256]`; when `online`, also `prediction`
-  `[B, K, 256]` (objectives with a target only) and classifier `logits`
-  `[B, num_classes]` (when `num_classes > 0`). Always in training mode
-  (BatchNorm on batch statistics). The compute dtype (`config.dtype`) holds
-  inside this network only: its mixed-precision policies are pushed while
-  it is traced, so other networks of the process (a frozen float32
-  encoder) are unaffected.
+  The encoder and the heads are separate so that the masks used for pooling
+  can be computed between them, from the batch's masks or from the
+  encoder's features (see `view_outputs`). Parameter and state names are
+  those of `networks` (`encoder/...`, `projector/...`, `predictor/...`,
+  `classifier/...`).
+
+  Attributes:
+    init: `(rng, images, pool_weights, online) -> (params, state)`.
+    encode: `(params, state, rng, images) -> (features, state)`: images
+      float `[B, S, S, 3]` in [0, 1] to float32 features `[B, cells, C]`
+      (cells in row-major order).
+    heads: `(params, state, rng, features, pool_weights, online) ->
+      (outputs, state)`: `pool_weights` `[B, K, cells]`; outputs
+      `projection` `[B, K, D]` and, when `online`, `prediction` `[B, K, D]`
+      (objectives with a target only) and classifier `logits`
+      `[B, num_classes]` (when `num_classes > 0`).
+  """
+  init: Callable[..., tuple[hk.Params, hk.State]]
+  encode: Callable[..., tuple[jax.Array, hk.State]]
+  heads: Callable[..., tuple[dict[str, jax.Array], hk.State]]
+
+
+def make_network(config: ml_collections.ConfigDict,
+                 axis_name: str | None) -> Network:
+  """The encoder and heads of `config.model` (a `Network`).
+
+  Always in training mode (BatchNorm on batch statistics, averaged over
+  `axis_name`). The compute dtype (`config.dtype`) holds inside this network
+  only: its mixed-precision policies are pushed while it is traced, so other
+  networks of the process (a frozen float32 encoder) are unaffected.
   """
   m = config.model
   bn = networks.bn_config(m.bn_decay, m.bn_eps, axis_name)
@@ -112,32 +134,44 @@ def make_network(config: ml_collections.ConfigDict, axis_name: str | None):
   bn_policy = jmp.get_policy(
       f'params=float32,compute=float32,output={config.dtype}')
 
-  def forward(images, pool_weights, online):
-    with contextlib.ExitStack() as scope:
-      for cls, p in ((networks.ResNetEncoder, policy), (networks.MLP, policy),
-                     (hk.BatchNorm, bn_policy)):
-        scope.enter_context(hk.mixed_precision.push_policy(cls, p))
-      return _forward(images, pool_weights, online)
+  def precision() -> contextlib.ExitStack:
+    scope = contextlib.ExitStack()
+    for cls, p in ((networks.ResNetEncoder, policy), (networks.MLP, policy),
+                   (hk.BatchNorm, bn_policy)):
+      scope.enter_context(hk.mixed_precision.push_policy(cls, p))
+    return scope
 
-  def _forward(images, pool_weights, online):
+  def functions():
     encoder = networks.ResNetEncoder(m.encoder, m.width_multiplier, bn)
-    features = encoder(images, is_training=True)
-    b, _, _, c = features.shape
-    features = features.reshape(b, -1, c).astype(jnp.float32)
-    pooled = jnp.einsum('bkc,bcd->bkd', pool_weights, features)
-    projection = networks.MLP(m.projector_hidden_size, m.projector_output_size,
-                              bn, name='projector')(pooled, True)
-    out = {'projection': projection}
-    if online and has_target(config):
-      out['prediction'] = networks.MLP(
-          m.predictor_hidden_size, m.projector_output_size, bn,
-          name='predictor')(projection, True)
-    if online and config.num_classes:
-      out['logits'] = hk.Linear(config.num_classes, name='classifier')(
-          jax.lax.stop_gradient(features.mean(1)))
-    return out
+    projector = networks.MLP(m.projector_hidden_size,
+                             m.projector_output_size, bn, name='projector')
 
-  return hk.transform_with_state(forward)
+    def encode(images):
+      with precision():
+        features = encoder(images, is_training=True)
+      b, _, _, c = features.shape
+      return features.reshape(b, -1, c).astype(jnp.float32)
+
+    def heads(features, pool_weights, online):
+      with precision():
+        pooled = jnp.einsum('bkc,bcd->bkd', pool_weights, features)
+        out = {'projection': projector(pooled, True)}
+        if online and has_target(config):
+          out['prediction'] = networks.MLP(
+              m.predictor_hidden_size, m.projector_output_size, bn,
+              name='predictor')(out['projection'], True)
+        if online and config.num_classes:
+          out['logits'] = hk.Linear(config.num_classes, name='classifier')(
+              jax.lax.stop_gradient(features.mean(1)))
+      return out
+
+    def init(images, pool_weights, online):
+      return heads(encode(images), pool_weights, online)
+
+    return init, (encode, heads)
+
+  net = hk.multi_transform_with_state(functions)
+  return Network(net.init, *net.apply)
 
 
 def target_subset(tree):
@@ -263,6 +297,16 @@ def _view_pooling(keys, fh_masks, config):
   return ids, masks.pooling_weights(cell_ids, ids)
 
 
+def _forward(net: Network, params, state, images, pool_weights, online):
+  """The encoder, then the heads, on one view: `(outputs, state)`.
+
+  Masks computed from the network's own features would be drawn here,
+  between `net.encode` and `net.heads`, from the features `[B, cells, C]`.
+  """
+  features, state = net.encode(params, state, None, images)
+  return net.heads(params, state, None, features, pool_weights, online)
+
+
 def _image_keys(ts: TrainState, local_batch: int) -> jax.Array:
   """`[B, 4]` keys per image, from its index in the global batch.
 
@@ -289,13 +333,13 @@ def _local_step(ts: TrainState, batch, *, config, net, optimizer, schedule,
                                  config)
 
   def loss_fn(params):
-    online1, state = net.apply(params, ts.state, None, view1, weights1, True)
-    online2, state = net.apply(params, state, None, view2, weights2, True)
+    online1, state = _forward(net, params, ts.state, view1, weights1, True)
+    online2, state = _forward(net, params, state, view2, weights2, True)
     if has_target(config):
-      target1, tstate = net.apply(ts.target_params, ts.target_state, None,
-                                  view1, weights1, False)
-      target2, tstate = net.apply(ts.target_params, tstate, None, view2,
-                                  weights2, False)
+      target1, tstate = _forward(net, ts.target_params, ts.target_state,
+                                 view1, weights1, False)
+      target2, tstate = _forward(net, ts.target_params, tstate, view2,
+                                 weights2, False)
       pred1, pred2 = online1['prediction'], online2['prediction']
       cand1 = jax.lax.stop_gradient(target1['projection'])
       cand2 = jax.lax.stop_gradient(target2['projection'])
