@@ -74,7 +74,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from detcon import job_array, record_writer, records
+from detcon import job_array, mask_methods, record_writer, records
 
 _INPUT_LAYOUT = (
     'one sub-folder per class (<dir>/<synset>/..., files at any depth) '
@@ -105,11 +105,11 @@ flags.DEFINE_float(
     'Masks never change. Each worker also holds about 200 MB of its own. '
     '0: half of the machine\'s memory.')
 flags.DEFINE_enum(
-    'segmentation', record_writer.Settings.segmentation, records.MASK_SOURCES,
-    'Where the masks come from. fh: Felzenszwalb-Huttenlocher, one mask per '
-    '--fh_scales/--fh_min_sizes pair. slic: SLIC superpixels '
-    '(--slic_n_segments, --slic_compactness), one mask. ground_truth: one '
-    'label PNG per image from --ground_truth_directory, one mask.')
+    'segmentation', record_writer.Settings.segmentation,
+    mask_methods.names(stored=True),
+    'Where the masks come from. ' + ' '.join(
+        f'{name}: {mask_methods.METHODS[name].help}'
+        for name in mask_methods.names(stored=True)))
 flags.DEFINE_list(
     'fh_scales', ['1000'],
     'Felzenszwalb scales, comma-separated; pairs with --fh_min_sizes, one '
@@ -168,14 +168,6 @@ flags.DEFINE_integer(
     'else 0. Either flag given: both from the flags.')
 
 FLAGS = flags.FLAGS
-
-# The flags of each --segmentation method; giving one to another method is an
-# error rather than silently ignored.
-_METHOD_FLAGS = {
-    'fh': ('fh_scales', 'fh_min_sizes'),
-    'slic': ('slic_n_segments', 'slic_compactness'),
-    'ground_truth': ('ground_truth_directory', 'ground_truth_ignore'),
-}
 
 
 # Input listing and labels (main process).
@@ -291,8 +283,10 @@ def _check_ground_truth_directory() -> str:
 def _parse_settings() -> record_writer.Settings:
   """The settings of the flags, checked; InputError says what to fix."""
   method = FLAGS.segmentation
-  for other, names in _METHOD_FLAGS.items():
-    for name in names:
+  # A method's flags given to another method are an error rather than
+  # silently ignored.
+  for other in mask_methods.names(stored=True):
+    for name in mask_methods.METHODS[other].flags:
       if other != method and FLAGS[name].present:
         raise record_writer.InputError(
             f'--{name} is for --segmentation={other}, not '

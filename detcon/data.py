@@ -39,8 +39,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from detcon import masks as masks_lib
-from detcon import record_order, records
+from detcon import mask_methods, record_order, records
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLITS = ('train', 'validation')
@@ -363,11 +362,12 @@ def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
       read. Files whose first record cannot be read are passed over: the
       pipelines skip them with a warning.
     fh_mask_to_use: the mask channel that will be used (checked to exist).
-    masks: one of `masks.SOURCES`. For the records' masks ('fh', 'slic',
-      'ground_truth'), the masks are decoded and checked, and a record that
-      names its masks' method (`records.MASK_SOURCE_KEY`) must name this one;
-      a record without that feature (the original release's, older ones) is
-      accepted (`mask_source` None). 'grid' needs no masks: none are read.
+    masks: a method of `mask_methods.METHODS`. For a stored method ('fh',
+      'slic', 'ground_truth'), the masks are decoded and checked, and a
+      record that names its masks' method (`records.MASK_SOURCE_KEY`) must
+      name this one; a record without that feature (the original release's,
+      older ones) is accepted (`mask_source` None). A drawn method ('grid')
+      needs no masks: none are read.
 
   Returns:
     `{'path': the file read, 'label': its first record's 0-based label (-1:
@@ -380,7 +380,7 @@ def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
       fix it.
   """
   hide_gpus_from_tf()
-  _check_masks_setting(masks)
+  stored = mask_methods.get(masks).stored
   serialized = path = None
   damaged = []  # Files whose first record is unreadable: passed over.
   for path in paths:
@@ -398,27 +398,23 @@ def check_dataset(paths: list[str], fh_mask_to_use: int | None = None,
   if serialized is None:
     raise ValueError(f'no records in {_listing(list(paths))}; {FIX}')
   try:
-    parsed = _parse(serialized, decode_masks=masks != 'grid',
+    parsed = _parse(serialized, decode_masks=stored,
                     fh_mask_to_use=fh_mask_to_use)
   except tf.errors.InvalidArgumentError as e:
     raise ValueError(f'{path}: first record: {e.message}') from e
   source = tf.io.parse_single_example(serialized, {
       records.MASK_SOURCE_KEY: tf.io.FixedLenFeature([], tf.string, '')
   })[records.MASK_SOURCE_KEY].numpy().decode()
-  if masks != 'grid' and source and source != masks:
+  if stored and source and source != masks:
+    drawn = ' or '.join(f'--config.masks={name}'
+                        for name in mask_methods.names(stored=False))
     raise ValueError(
         f'{path}: the records\' masks were made by {source!r} (feature '
         f'{records.MASK_SOURCE_KEY}) but config.masks={masks!r}; set '
-        f'--config.masks={source}, or --config.masks=grid (needs no masks), '
-        f'or use records made with {masks} masks')
+        f'--config.masks={source}, or {drawn} (needs no masks), or use '
+        f'records made with {masks} masks')
   return dict(path=path, label=int(parsed['label']),
               mask_source=source or None)
-
-
-def _check_masks_setting(masks: str) -> None:
-  if masks not in masks_lib.SOURCES:
-    raise ValueError(f'masks={masks!r}: use one of '
-                     f'{", ".join(masks_lib.SOURCES)}')
 
 
 def grid_masks(height, width, grid_size: int):
@@ -716,12 +712,13 @@ def make_pretrain_dataset(
     seed: seeds the record order and every crop and flip.
     process_index, process_count: default `jax.process_index()`,
       `jax.process_count()`.
-    masks: the views' masks, one of `masks.SOURCES`: 'fh', 'slic',
-      'ground_truth' take the records' masks (made by that method; see
-      `check_dataset`); 'grid' draws `grid_masks` over each original image
-      instead and reads no masks from the records (any records work, with or
-      without masks). Either way the masks are cropped, flipped and resized
-      with the view by the same code.
+    masks: the views' masks, a method of `mask_methods.METHODS`: a stored
+      one ('fh', 'slic', 'ground_truth') takes the records' masks (made by
+      that method; see `check_dataset`); a drawn one ('grid': `grid_masks`)
+      draws its masks over each original image instead and reads no masks
+      from the records (any records work, with or without masks). Either
+      way the masks are cropped, flipped and resized with the view by the
+      same code.
     grid_size: n of the 'grid' masks (n x n rectangles).
     record_offsets: `record_offsets_per_file(paths)`; None walks the files
       here (which raises ValueError on damaged files). A record that cannot
@@ -795,15 +792,15 @@ def views_and_batches(
   The crops and flips of element k are seeded by (seed, process_index, k).
   Arguments and the returned batches as in `make_pretrain_dataset`.
   """
-  use_grid = masks == 'grid'
+  method = mask_methods.get(masks)
   batch = per_device_batch * local_devices
 
   def preprocess(k, serialized):
-    parsed = _parse(serialized, decode_masks=not use_grid,
+    parsed = _parse(serialized, decode_masks=method.stored,
                     fh_mask_to_use=fh_mask_to_use)
-    if use_grid:
-      parsed['masks'] = grid_masks(parsed['height'], parsed['width'],
-                                   grid_size)
+    if not method.stored:
+      parsed['masks'] = method.make(parsed['height'], parsed['width'],
+                                    grid_size)
     seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
         _element_seed(seed, process_index, k), 2))
     view1, masks1 = _random_view(parsed, seed1, image_size)

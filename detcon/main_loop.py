@@ -31,7 +31,7 @@ from detcon import (
   cli,
   distributed,
   log_setup,
-  masks,
+  mask_methods,
   networks,
   optim,
   record_order,
@@ -152,19 +152,24 @@ def config_from_flags() -> ml_collections.ConfigDict:
   return config
 
 
+def _or(names: tuple[str, ...]) -> str:
+  """'a', 'a or b', 'a, b or c'."""
+  return ' or '.join(filter(None, (', '.join(names[:-1]), names[-1])))
+
+
 def validate(config) -> None:
   """Clear errors for settings that cannot run."""
   networks.check_encoder_name(config.model.encoder)
   train.check_config(config)
-  if config.masks not in masks.SOURCES:
-    raise ValueError(f'--config.masks={config.masks!r}: use fh (the records\' '
-                     'FH masks), slic or ground_truth (the records\' masks '
-                     'made by that method) or grid (no masks needed)')
-  if config.masks == 'grid' and not (
-      1 <= config.grid_size ** 2 <= config.detcon.max_mask_id):
+  method = mask_methods.METHODS.get(config.masks)
+  if method is None:
     raise ValueError(
-        f'--config.grid_size={config.grid_size}: use n >= 1 with n x n ids '
-        f'at most --config.detcon.max_mask_id={config.detcon.max_mask_id}')
+        f'--config.masks={config.masks!r}: use '
+        f'{_or(mask_methods.names(stored=True))} (the records\' masks made by '
+        f'that method) or {_or(mask_methods.names(stored=False))} (no masks '
+        'needed)')
+  if method.check_config:
+    method.check_config(config)
   train_evals.validate(config)
   devices = jax.device_count()
   if config.batch_size % devices:
@@ -236,7 +241,8 @@ def inspect_records(config) -> TrainRecords:
                len(paths))
   first = data.check_dataset(paths, config.detcon.fh_mask_to_use,
                              config.masks)
-  if config.masks != 'grid' and first['mask_source'] is None:
+  if (mask_methods.METHODS[config.masks].stored and
+      first['mask_source'] is None):
     logging.info('%s does not say which method made its masks (no '
                  'image/mask_source: records of the original release or an '
                  'older version); taking them as %s masks (--config.masks).',

@@ -15,13 +15,6 @@ object.
 import jax
 import jax.numpy as jnp
 
-from detcon import records
-
-# Where a run's masks come from (`config.masks`): the records' own masks, made
-# by the method of that name (`records.MASK_SOURCES`), or 'grid', the spatial
-# heuristic the input pipeline draws over each image (`data.grid_masks`).
-SOURCES = (*records.MASK_SOURCES, 'grid')
-
 
 def cell_mask_ids(masks: jax.Array, grid_size: int,
                   max_mask_id: int = 256) -> jax.Array:

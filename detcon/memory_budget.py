@@ -17,20 +17,19 @@ they are made.
 import contextlib
 import os
 
-# Peak bytes per pixel of making one mask, measured by
-# bench/bench_mask_memory.py over 0.2-12 megapixels (decoded image included)
-# and rounded up. Each further FH (scale, min_size) pair keeps one more int64
-# mask, and the stacking copies them all (`FH_BYTES_PER_EXTRA_MASK`).
-BYTES_PER_PIXEL = {'fh': 400, 'slic': 200, 'ground_truth': 40}
-FH_BYTES_PER_EXTRA_MASK = 16
+from detcon import mask_methods
 
 
 def mask_bytes(width: int, height: int, segmentation: str,
                num_masks: int = 1) -> int:
-  """Estimated peak memory (bytes) of one image's masks by `segmentation`."""
-  per_pixel = BYTES_PER_PIXEL[segmentation]
-  if segmentation == 'fh':
-    per_pixel += FH_BYTES_PER_EXTRA_MASK * (num_masks - 1)
+  """Estimated peak memory (bytes) of one image's masks by `segmentation`.
+
+  From the method's `bytes_per_pixel` and `bytes_per_extra_mask` for each
+  mask after the first (`mask_methods.METHODS`).
+  """
+  method = mask_methods.METHODS[segmentation]
+  per_pixel = (method.bytes_per_pixel +
+               method.bytes_per_extra_mask * (num_masks - 1))
   return per_pixel * width * height
 
 

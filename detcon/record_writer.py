@@ -10,11 +10,12 @@ Images: a file that already is an RGB JPEG is stored byte for byte; any other
 image PIL reads is converted to RGB and stored as a quality-95 JPEG. The masks
 are made from the stored bytes as the trainer decodes them
 (`decode_like_trainer`) by the method of `Settings.segmentation`
-(`make_masks`: FH, SLIC, or the image's ground-truth label PNG), and each
-record names that method in `records.MASK_SOURCE_KEY`. A file that cannot
-give a record raises `SkipImage` in `make_record`; `write_shard` counts it
-and goes on. A shard is written to `.<shard name>.tmp-<pid>`, synced and
-renamed once complete, so no partial file ever has a final name.
+(`make_masks`: its function in `mask_methods.METHODS`: FH, SLIC, or the
+image's ground-truth label PNG), and each record names that method in
+`records.MASK_SOURCE_KEY`. A file that cannot give a record raises
+`SkipImage` in `make_record`; `write_shard` counts it and goes on. A shard
+is written to `.<shard name>.tmp-<pid>`, synced and renamed once complete,
+so no partial file ever has a final name.
 """
 
 import atexit
@@ -38,9 +39,8 @@ import numpy as np
 import tqdm
 from absl import logging
 from PIL import Image
-from skimage import segmentation
 
-from detcon import image_io, memory_budget, records, voc
+from detcon import image_io, mask_methods, memory_budget, records, voc
 
 MIN_SIDE = 8  # Images with a shorter side (pixels) are skipped as too small.
 JPEG_QUALITY = 95  # For images that are not RGB JPEGs already.
@@ -96,8 +96,8 @@ class Settings:
   Attributes:
     fh_pairs: Felzenszwalb (scale, min_size in pixels) pairs, one mask each.
     mask_encoding: one of `records.MASK_ENCODINGS`.
-    segmentation: where the masks come from, one of `records.MASK_SOURCES`;
-      only that method's settings below matter.
+    segmentation: where the masks come from, a stored method of
+      `mask_methods.METHODS`; only that method's settings below matter.
     slic_n_segments: SLIC's target number of segments (about).
     slic_compactness: SLIC's balance of colour and space; higher gives
       squarer segments.
@@ -115,24 +115,11 @@ class Settings:
 
   def __post_init__(self):
     for name, allowed in (('mask_encoding', records.MASK_ENCODINGS),
-                          ('segmentation', records.MASK_SOURCES),
+                          ('segmentation', mask_methods.names(stored=True)),
                           ('ground_truth_ignore', GROUND_TRUTH_IGNORE)):
       if getattr(self, name) not in allowed:
         raise ValueError(f'unknown {name} {getattr(self, name)!r}; use one '
                          f'of {allowed}')
-
-
-# The settings that decide the masks of each method; with `mask_encoding`,
-# they make the fingerprint (FH's leave out `segmentation`, so that jobs of
-# versions without other methods resume).
-_MASK_SETTINGS = {
-    'fh': ('fh_pairs',),
-    'slic': ('segmentation', 'slic_n_segments', 'slic_compactness'),
-    'ground_truth': ('segmentation', 'ground_truth_directory',
-                     'ground_truth_ignore'),
-}
-# What the workers spend `Stats.mask_cpu_s` on, for the summary.
-_MASK_WORK = {'fh': 'FH', 'slic': 'SLIC', 'ground_truth': 'reading label PNGs'}
 
 
 @dataclasses.dataclass
@@ -218,10 +205,14 @@ def plan_shards(split: str, entries: list[Entry], num_shards: int, seed: int,
 
 def fingerprint(shards: list[Shard], settings: Settings,
                 input_directory: str) -> str:
-  """A digest of everything that decides the shards' contents."""
+  """A digest of everything that decides the shards' contents.
+
+  The settings in it are the method's (`mask_methods.MaskMethod.settings`)
+  and `mask_encoding`.
+  """
   fields = dataclasses.asdict(settings)
   decisive = {name: fields[name] for name in (
-      *_MASK_SETTINGS[settings.segmentation], 'mask_encoding')}
+      *mask_methods.METHODS[settings.segmentation].settings, 'mask_encoding')}
   digest = hashlib.sha256(json.dumps(decisive).encode())
   for shard in shards:
     digest.update(os.path.basename(shard.path).encode() + b'\n')
@@ -398,7 +389,7 @@ def read_ground_truth(paths: tuple[str, ...], shape: tuple[int, int],
 
 def make_masks(pixels: np.ndarray, entry: Entry,
                settings: Settings) -> np.ndarray:
-  """The masks of one image by `settings.segmentation`.
+  """The masks of one image by `settings.segmentation` (its `make`).
 
   Args:
     pixels: the stored image as the trainer decodes it, uint8 `[H, W, 3]`.
@@ -413,16 +404,8 @@ def make_masks(pixels: np.ndarray, entry: Entry,
   Raises:
     SkipImage: for ground-truth masks, see `read_ground_truth`.
   """
-  if settings.segmentation == 'fh':
-    return np.stack([
-        segmentation.felzenszwalb(pixels, scale=scale, min_size=min_size)
-        for scale, min_size in settings.fh_pairs])
-  if settings.segmentation == 'slic':
-    return segmentation.slic(
-        pixels, n_segments=settings.slic_n_segments,
-        compactness=settings.slic_compactness, start_label=0)[None]
-  return read_ground_truth(entry.ground_truth, pixels.shape[:2],
-                           settings.ground_truth_ignore)[None]
+  return mask_methods.METHODS[settings.segmentation].make(pixels, entry,
+                                                         settings)
 
 
 def make_record(entry: Entry, settings: Settings) -> Record:
@@ -632,21 +615,11 @@ def _size(num_bytes: int) -> str:
   return f'{num_bytes / 1e6:.2f} MB'
 
 
-def _mask_names(settings: Settings) -> list[str]:
-  """What made each mask of a record, e.g. 'scale=1000, min_size=1000'."""
-  if settings.segmentation == 'fh':
-    return [f'scale={scale:g}, min_size={min_size}'
-            for scale, min_size in settings.fh_pairs]
-  if settings.segmentation == 'slic':
-    return [f'SLIC n_segments={settings.slic_n_segments}, compactness='
-            f'{settings.slic_compactness:g}']
-  return [f'ground truth, ignore={settings.ground_truth_ignore}']
-
-
 def format_summary(summary: Summary, settings: Settings,
                    already_complete: int) -> str:
   """The final report, one fact a line."""
   stats = summary.stats
+  method = mask_methods.METHODS[settings.segmentation]
   images = sum(stats.images.values())
   rate = images / summary.elapsed_s if summary.elapsed_s else 0.0
   per_split = ', '.join(f'{k} {v}' for k, v in sorted(stats.images.items()))
@@ -663,8 +636,8 @@ def format_summary(summary: Summary, settings: Settings,
   if images:
     lines.append(f'  worker CPU time: {stats.cpu_s / images:.3f} s per image '
                  f'written, {stats.mask_cpu_s / stats.cpu_s:.0%} of it in '
-                 f'{_MASK_WORK[settings.segmentation]} (workers ready after '
-                 f'{summary.startup_s:.1f} s)')
+                 f'{method.work} (workers ready after {summary.startup_s:.1f} '
+                 's)')
   if summary.ran_alone:
     lines.append(f'  images over the memory budget, run alone: '
                  f'{summary.ran_alone}')
@@ -681,7 +654,7 @@ def format_summary(summary: Summary, settings: Settings,
     lines.extend(f'      {item}' for item in items[:20])
     if len(items) > 20:
       lines.append(f'      ... and {len(items) - 20} more (see the log)')
-  for j, name in enumerate(_mask_names(settings)):
+  for j, name in enumerate(method.describe(settings)):
     counts = [s[j] for s in stats.segments]
     if counts:
       lines.append(

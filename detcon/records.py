@@ -17,11 +17,13 @@ import io
 import numpy as np
 from PIL import Image
 
+from detcon import mask_methods
+
 MASK_KEY = 'image/felzenszwalb_segmentations'
 # Which method made a record's masks (absent in records of the original
 # release and of older versions: readers must not require it).
+# Its values: the stored methods of `mask_methods.METHODS`.
 MASK_SOURCE_KEY = 'image/mask_source'
-MASK_SOURCES = ('fh', 'slic', 'ground_truth')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 MASK_ENCODINGS = ('png', 'raw')
 
@@ -109,14 +111,15 @@ def make_example(*, image: bytes, height: int, width: int, filename: str,
                  mask_source: str | None = None):
   """Builds the `tf.train.Example` of docs/records.md (`image`: RGB JPEG).
 
-  `mask_source` (one of `MASK_SOURCES`) adds the `MASK_SOURCE_KEY` feature;
-  None leaves it out, as in the original format.
+  `mask_source` (a stored method of `mask_methods.METHODS`) adds the
+  `MASK_SOURCE_KEY` feature; None leaves it out, as in the original format.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  if mask_source is not None and mask_source not in MASK_SOURCES:
+  sources = mask_methods.names(stored=True)
+  if mask_source is not None and mask_source not in sources:
     raise ValueError(f'unknown mask source {mask_source!r}; use one of '
-                     f'{MASK_SOURCES}')
+                     f'{sources}')
 
   def _bytes(v):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
