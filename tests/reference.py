@@ -355,7 +355,8 @@ def pretrain_views(serialized, *, seed, process_index, k, image_size,
 
   Returns:
     dict: `view1`, `view2` float32 `[S, S, 3]` in [0, 1];
-    `fh_segmentations1`, `fh_segmentations2` int32 `[S, S, 1]`.
+    `fh_segmentations1`, `fh_segmentations2` int32 `[S, S, 1]`; `window1`,
+    `window2` the crop windows (y, x, h, w).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -371,6 +372,7 @@ def pretrain_views(serialized, *, seed, process_index, k, image_size,
     crop_seed, flip_seed = tf.unstack(split(view_seed, 2))
     y, x, h, w = data.sample_crop_window(crop_seed, height, width).numpy()
     flip = bool(tf.random.stateless_uniform([], flip_seed) < 0.5)
+    out[f'window{view}'] = (y, x, h, w)
     image = tf.io.decode_and_crop_jpeg(example['image'], [y, x, h, w],
                                        channels=3).numpy()
     crop_masks = masks[y:y + h, x:x + w, None]

@@ -4,7 +4,17 @@
 keeps the masks int32 throughout, one step at a time; the pipeline decodes
 both views from one decode of their union window and resizes the masks as
 uint16. On the mask script's records (real photos, real FH masks) the masks
-must be equal bit for bit and the images within one grey level.
+must be equal bit for bit.
+
+The images are equal too, except next to the crop's left and right edges:
+libjpeg-turbo's cropped decode (`tf.io.decode_and_crop_jpeg`) gets the first
+and last column of a window wrong by up to ~20 grey levels when the image
+goes on beyond them (it upsamples the subsampled chroma without the
+neighbouring column), and the previous path decoded each view's window, the
+pipeline only the union, whose pixels are those of the whole image there.
+So the output columns whose bicubic taps (4 source columns) reach the
+crop's first or last source column may differ, by less than `EDGE_LEVELS`;
+every other pixel must be within one grey level.
 """
 
 import numpy as np
@@ -16,6 +26,14 @@ from tests import reference
 IMAGE_SIZE = 64
 SEED = 7
 BATCH = 4
+EDGE_LEVELS = 48  # Grey levels, in the columns next to the crop's edges.
+
+
+def _edge_columns(width, size=IMAGE_SIZE):
+  """bool `[S]`: the output columns that sample the crop's first or last
+  column (symmetric, so the same whether the view is flipped or not)."""
+  source = np.floor((np.arange(size) + 0.5) * width / size - 0.5)
+  return (source - 1 <= 0) | (source + 2 >= width - 1)
 
 
 @pytest.mark.parametrize('encoding', ['png', 'raw'])
@@ -31,17 +49,22 @@ def test_views_equal_the_previous_implementation(records, encoding):
       fh_mask_to_use=0, seed=SEED, process_index=0, process_count=1,
       record_offsets=offsets)
   batches = ds.take(5).as_numpy_iterator()  # 20 elements: > 12 records.
-  worst = 0.
+  inner = edge = 0.
   for step, batch in enumerate(batches):
     for i in range(BATCH):
       k = step * BATCH + i
       want = reference.pretrain_views(
           reader.read(order.record(k)), seed=SEED, process_index=0, k=k,
           image_size=IMAGE_SIZE)
-      for key in ('fh_segmentations1', 'fh_segmentations2'):
-        assert batch[key].dtype == np.int32
-        np.testing.assert_array_equal(batch[key][0, i], want[key])
-      for key in ('view1', 'view2'):
-        assert batch[key].dtype == np.float32
-        worst = max(worst, np.abs(batch[key][0, i] - want[key]).max())
-  assert worst <= 1 / 255, f'images differ by {worst * 255:.3f} grey levels'
+      for view in (1, 2):
+        masks = batch[f'fh_segmentations{view}'][0, i]
+        assert masks.dtype == np.int32
+        np.testing.assert_array_equal(masks, want[f'fh_segmentations{view}'])
+        image = batch[f'view{view}'][0, i]
+        assert image.dtype == np.float32
+        error = np.abs(image - want[f'view{view}']).max((0, 2)) * 255
+        near = _edge_columns(want[f'window{view}'][3])
+        inner = max(inner, error[~near].max())
+        edge = max(edge, error[near].max())
+  assert inner <= 1, f'images differ by {inner:.3f} grey levels'
+  assert edge < EDGE_LEVELS, f'edge columns differ by {edge:.1f} levels'
