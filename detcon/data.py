@@ -501,8 +501,8 @@ def _parse(serialized, *, decode_masks, fh_mask_to_use):
     dict: `image` (the encoded bytes), `height`, `width` (int32 scalars),
     `label` (int32, 0-based; a record's label 0, no class, gives -1) and,
     when `decode_masks`, `masks` (uint16 ids `[H, W, n]`, or `[H, W, 1]`
-    holding channel `fh_mask_to_use`; the views cast them to int32 once
-    resized, so that cropping and resizing move half the bytes).
+    holding channel `fh_mask_to_use`; the views gather their pixels from
+    these and cast only the `[S, S, n]` result to int32).
   """
   spec = dict(records.feature_spec())
   spec['image/filename'] = tf.io.FixedLenFeature([], tf.string, '')
@@ -671,8 +671,10 @@ def two_views(parsed, seed, image_size):
   Each view draws its crop window and flip from its half of `seed`
   (`stateless_split(seed, 2)`), exactly as `_random_view` would. The image
   is decoded once, over the smallest window that holds both crops (for a
-  JPEG, only that window), and both crops are cut from it: the same pixels
-  as decoding each window on its own.
+  JPEG, only that window), and both crops are cut from it, with the pixels
+  of the whole image's decode. (Decoding a view's window on its own gives
+  other pixels in its first and last column when the image goes on beyond
+  them: libjpeg-turbo upsamples the chroma there without the neighbour.)
 
   Args:
     parsed: `_parse`'s dict: `image` (encoded bytes), `height`, `width` and,
