@@ -19,10 +19,8 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from bench import machine
+from bench import machine, step_cost
 from detcon import train
 from detcon.configs import detcon_b
 
@@ -96,21 +94,6 @@ def _host_batch(config, per_device):
       labels=rng.integers(0, _NUM_CLASSES, shape, dtype=np.int32))
 
 
-def _abstract_batch(config, per_device, mesh):
-  """`ShapeDtypeStruct`s of a global batch sharded like `shard_batch`'s."""
-  n, s = per_device * jax.device_count(), config.image_size
-  sharding = NamedSharding(mesh, P(train.AXIS))
-
-  def spec(shape, dtype):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-  return dict(view1=spec((n, s, s, 3), np.float32),
-              view2=spec((n, s, s, 3), np.float32),
-              fh_segmentations1=spec((n, s, s, 1), np.int32),
-              fh_segmentations2=spec((n, s, s, 1), np.int32),
-              labels=spec((n,), np.int32))
-
-
 def _compile(step, state, batch):
   """Returns (compiled, lower s, compile s, compile CPU s, HLO lines).
 
@@ -124,16 +107,6 @@ def _compile(step, state, batch):
   t2, c2 = time.perf_counter(), time.process_time()
   return (compiled, t1 - t0, t2 - t1, c2 - c1,
           len(lowered.as_text().splitlines()))
-
-
-def _flops(compiled):
-  try:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):
-      cost = cost[0]
-    return float(cost['flops'])
-  except Exception:  # pylint: disable=broad-except
-    return float('nan')
 
 
 def _part_step(mesh):
@@ -168,7 +141,7 @@ def _part_step(mesh):
   for objective, run in runs.items():
     times = run['times']
     rows[objective] = (statistics.median(times), min(times), max(times),
-                       _flops(run['compiled']), run['compile_s'])
+                       step_cost.xla_flops(run['compiled']), run['compile_s'])
   del runs
   print(f'{"objective":<10} {"median s":>9} {"min s":>7} {"max s":>7} '
         f'{"img/s":>7} {"GFLOP/step":>11} {"compile s":>10}')
@@ -199,7 +172,7 @@ def _part_compile(mesh):
     config = _make_config('detcon_b', s, b)
     step, state = _setup(config, mesh)
     _, lower_s, compile_s, compile_cpu, lines = _compile(
-        step, state, _abstract_batch(config, b, mesh))
+        step, state, step_cost.abstract_batch(config, b, mesh))
     rows.append((b, lower_s, compile_s, compile_cpu, lines))
     del state
   _, _, base, base_cpu, _ = rows[0]

@@ -50,6 +50,7 @@ FIX = 'regenerate the records with generate_fh_masks_for_imagenet.py'
 REMAKE = ('delete it and rerun generate_fh_masks_for_imagenet.py with the same '
           'flags (it resumes, writing only the missing shards)')
 _SCAN_THREADS = 16  # Files checked at once by count_records_per_file.
+_READ_BLOCK = 32  # Records of the pretraining order read per Python call.
 ERR_NO_MASKS = (f'record without FH masks (empty {records.MASK_KEY}): the '
                 f'records were written without segmentations; {FIX}')
 ERR_MASK_SIZE = ('FH mask size differs from its image (image/height x '
@@ -495,8 +496,9 @@ def _parse(serialized, *, decode_masks, fh_mask_to_use):
   Returns:
     dict: `image` (the encoded bytes), `height`, `width` (int32 scalars),
     `label` (int32, 0-based; a record's label 0, no class, gives -1) and,
-    when `decode_masks`, `masks` (int32 `[H, W, n]`, or `[H, W, 1]` holding
-    channel `fh_mask_to_use`).
+    when `decode_masks`, `masks` (uint16 ids `[H, W, n]`, or `[H, W, 1]`
+    holding channel `fh_mask_to_use`; the views gather their pixels from
+    these and cast only the `[S, S, n]` result to int32).
   """
   spec = dict(records.feature_spec())
   spec['image/filename'] = tf.io.FixedLenFeature([], tf.string, '')
@@ -528,7 +530,7 @@ def _parse(serialized, *, decode_masks, fh_mask_to_use):
                             [ERR_MASK_SIZE, where, height, width]),
     ]
     with tf.control_dependencies(checks):
-      masks = records.decode_masks_tf(data, height, width)
+      masks = records.decode_masks_tf(data, height, width, tf.uint16)
     if fh_mask_to_use is not None:
       n_masks = tf.shape(masks)[2]
       checks.append(tf.debugging.Assert(
@@ -578,9 +580,8 @@ def _decode_and_crop(image, window):
     return tf.io.decode_and_crop_jpeg(image, window, channels=3)
 
   def other():
-    decoded = tf.io.decode_image(image, 3, expand_animations=False)
-    return decoded[window[0]:window[0] + window[2],
-                   window[1]:window[1] + window[3]]
+    return _crop(tf.io.decode_image(image, 3, expand_animations=False),
+                 window)
 
   return tf.cond(tf.io.is_jpeg(image), jpeg, other)
 
@@ -591,31 +592,113 @@ def _resize_image(image, image_size):
   return tf.clip_by_value(image / 255., 0., 1.)
 
 
+def _window_and_flip(seed, height, width):
+  """One view's crop window (y, x, h, w: int32 `[4]`) and flip (bool)."""
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  window = sample_crop_window(crop_seed, height, width)
+  return window, tf.random.stateless_uniform([], flip_seed) < 0.5
+
+
+def _crop(x, window):
+  """`x[y:y + h, x:x + w]` of an `[H, W, C]` tensor, window (y, x, h, w)."""
+  return x[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+
+def _nearest_rows(size, image_size):
+  """The source row of each output row of a nearest-neighbour resize.
+
+  Exactly `tf.image.resize(..., 'nearest')`'s choice (half-pixel centres):
+  min(floor((i + 0.5) x size / S), size - 1) in float32.
+
+  Returns:
+    int32 `[S]`, in [0, size).
+  """
+  scale = tf.cast(size, tf.float32) / image_size
+  rows = tf.floor((tf.range(image_size, dtype=tf.float32) + 0.5) * scale)
+  return tf.minimum(tf.cast(rows, tf.int32), size - 1)
+
+
+def _view(image, masks, window, flip, image_size):
+  """A view's crop of the image and of its masks, flipped together, resized.
+
+  Args:
+    image: uint8 `[h, w, 3]`, the decoded crop `window`.
+    masks: integer ids `[H, W, n]` of the whole image, or None.
+    window: int32 `[4]`, the crop (y, x, h, w) in the whole image.
+    flip: bool scalar, whether to flip left-right.
+    image_size: S.
+
+  Returns:
+    (float32 `[S, S, 3]` in [0, 1], the image flipped then resized bicubic;
+    int32 `[S, S, n]`, the masks cropped, flipped and resized nearest
+    neighbour in one gather of their rows and columns, or None).
+  """
+  image = _resize_image(
+      tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
+      image_size)
+  if masks is None:
+    return image, None
+  rows = window[0] + _nearest_rows(window[2], image_size)
+  cols = _nearest_rows(window[3], image_size)
+  cols = window[1] + tf.where(flip, window[3] - 1 - cols, cols)
+  return image, tf.cast(tf.gather(tf.gather(masks, rows), cols, axis=1),
+                        tf.int32)
+
+
 def _random_view(parsed, seed, image_size):
   """One augmented view: random crop, flip p=0.5, resize (docs/method.md).
+
+  Decodes only the view's window (evaluation's random mode; pretraining
+  takes both views of an image from one decode, `two_views`).
 
   Returns:
     (float32 `[S, S, 3]` in [0, 1], int32 `[S, S, n]` masks, or None when
     `parsed` has no masks).
   """
-  crop_seed, flip_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 2))
-  window = sample_crop_window(crop_seed, parsed['height'], parsed['width'])
-  image = _decode_and_crop(parsed['image'], window)
+  window, flip = _window_and_flip(seed, parsed['height'], parsed['width'])
+  return _view(_decode_and_crop(parsed['image'], window),
+               parsed.get('masks'), window, flip, image_size)
+
+
+def two_views(parsed, seed, image_size):
+  """The two augmented views of one image and its masks (docs/method.md).
+
+  Each view draws its crop window and flip from its half of `seed`
+  (`stateless_split(seed, 2)`), exactly as `_random_view` would. The image
+  is decoded once, over the smallest window that holds both crops (for a
+  JPEG, only that window), and both crops are cut from it, with the pixels
+  of the whole image's decode. (Decoding a view's window on its own gives
+  other pixels in its first and last column when the image goes on beyond
+  them: libjpeg-turbo upsamples the chroma there without the neighbour.)
+
+  Args:
+    parsed: `_parse`'s dict: `image` (encoded bytes), `height`, `width` and,
+      optionally, `masks` (integer ids `[H, W, n]` of the whole image).
+    seed: int64 `[2]` stateless seed of the image (stream element).
+    image_size: S, the side of the square views in pixels.
+
+  Returns:
+    (view1, view2, masks1, masks2): float32 `[S, S, 3]` in [0, 1]; int32
+    `[S, S, n]`, or None when `parsed` has no masks.
+  """
+  height, width = parsed['height'], parsed['width']
+  (window1, flip1), (window2, flip2) = (
+      _window_and_flip(s, height, width)
+      for s in tf.unstack(tf.random.experimental.stateless_split(seed, 2)))
+  top_left = tf.minimum(window1[:2], window2[:2])
+  bottom_right = tf.maximum(window1[:2] + window1[2:],
+                            window2[:2] + window2[2:])
+  union = tf.concat([top_left, bottom_right - top_left], 0)
+  image = _decode_and_crop(parsed['image'], union)
   masks = parsed.get('masks')
-  if masks is not None:
-    masks = masks[window[0]:window[0] + window[2],
-                  window[1]:window[1] + window[3]]
-  flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-
-  def flip_lr(x):
-    return tf.cond(flip, lambda: tf.reverse(x, [1]), lambda: x)
-
-  image = _resize_image(flip_lr(image), image_size)
-  if masks is not None:
-    masks = tf.image.resize(flip_lr(masks), [image_size, image_size],
-                            'nearest')
-  return image, masks
+  views = []
+  for window, flip in ((window1, flip1), (window2, flip2)):
+    inside = tf.concat([window[:2] - top_left, window[2:]], 0)
+    views.append(_view(_crop(image, inside), masks, window, flip,
+                       image_size))
+  (view1, masks1), (view2, masks2) = views
+  return view1, view2, masks1, masks2
 
 
 def _element_seed(seed, process_index, index):
@@ -756,30 +839,37 @@ def _records_in_order(index: record_order.RecordIndex, *, seed: int,
                       start: int) -> tf.data.Dataset:
   """`(k, serialized record)` for k = start, start + 1, ... (`record_order`).
 
-  Records are read by several threads in order; one that cannot be read is
-  left out (its k with it) and noted in `skipped_records`.
+  Records are read by several threads in order, `_READ_BLOCK` elements per
+  call into Python (one call per record cost as much as the reading); one
+  that cannot be read is left out (its k with it) and noted in
+  `skipped_records`.
   """
   order = record_order.Order(index.num_records, seed=seed,
                              process_index=process_index,
                              process_count=process_count)
   reader = record_order.Reader(index)
 
-  def read(k):
-    record = order.record(int(k))
-    serialized = reader.read(record)
-    if serialized is None:
-      _note_unreadable_record(index, record)
-      return b'', False
-    return serialized, True
+  def read(ks):
+    """The records of elements `ks`; (serialized, whether it was read)."""
+    serialized = np.empty(len(ks), object)
+    ok = np.ones(len(ks), bool)
+    for i, k in enumerate(ks):
+      record = order.record(int(k))
+      serialized[i] = reader.read(record)
+      if serialized[i] is None:
+        _note_unreadable_record(index, record)
+        serialized[i], ok[i] = b'', False
+    return serialized, ok
 
-  def read_element(k):
-    serialized, ok = tf.numpy_function(read, [k], (tf.string, tf.bool),
+  def read_block(ks):
+    serialized, ok = tf.numpy_function(read, [ks], (tf.string, tf.bool),
                                        stateful=False)
-    return k, tf.ensure_shape(serialized, []), tf.ensure_shape(ok, [])
+    return (ks, tf.ensure_shape(serialized, ks.shape),
+            tf.ensure_shape(ok, ks.shape))
 
-  ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-  ds = ds.map(read_element, num_parallel_calls=AUTOTUNE, deterministic=True)
-  return ds.filter(lambda k, serialized, ok: ok).map(
+  ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max).batch(_READ_BLOCK)
+  ds = ds.map(read_block, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return ds.unbatch().filter(lambda k, serialized, ok: ok).map(
       lambda k, serialized, ok: (k, serialized))
 
 
@@ -801,10 +891,8 @@ def views_and_batches(
     if not method.stored:
       parsed['masks'] = method.make(parsed['height'], parsed['width'],
                                     grid_size)
-    seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
-        _element_seed(seed, process_index, k), 2))
-    view1, masks1 = _random_view(parsed, seed1, image_size)
-    view2, masks2 = _random_view(parsed, seed2, image_size)
+    view1, view2, masks1, masks2 = two_views(
+        parsed, _element_seed(seed, process_index, k), image_size)
     return dict(view1=view1, view2=view2, fh_segmentations1=masks1,
                 fh_segmentations2=masks2, labels=parsed['label'])
 

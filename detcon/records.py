@@ -71,29 +71,33 @@ def decode_masks(data: bytes, height: int, width: int) -> np.ndarray:
   return stacked.reshape(-1, height, width)
 
 
-def decode_masks_tf(data, height, width):
-  """TensorFlow twin of `decode_masks`, for tf.data: `[H, W, n_masks]` int32.
+def decode_masks_tf(data, height, width, dtype=None):
+  """TensorFlow twin of `decode_masks`, for tf.data: `[H, W, n_masks]` ids.
 
   Args:
     data: scalar tf.string, the `image/felzenszwalb_segmentations` bytes.
     height: scalar int tensor, the image height.
     width: scalar int tensor, the image width.
+    dtype: the ids' type: tf.int32 (default) or tf.uint16, which holds every
+      id of both encodings and is half the size (for cropping and resizing
+      before a cast).
 
   Returns:
-    int32 tensor `[height, width, n_masks]`. Fails (InvalidArgumentError) when
-    the number of decoded values is not a multiple of `height * width`.
+    `dtype` tensor `[height, width, n_masks]`. Fails (InvalidArgumentError)
+    when the number of decoded values is not a multiple of `height * width`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  dtype = dtype or tf.int32
 
   def from_png():
     bit_depth = tf.strings.substr(data, 24, 1)  # IHDR bit depth byte.
     return tf.cond(
         tf.equal(bit_depth, b'\x10'),
-        lambda: tf.cast(tf.io.decode_png(data, 1, tf.uint16), tf.int32),
-        lambda: tf.cast(tf.io.decode_png(data, 1, tf.uint8), tf.int32))
+        lambda: tf.cast(tf.io.decode_png(data, 1, tf.uint16), dtype),
+        lambda: tf.cast(tf.io.decode_png(data, 1, tf.uint8), dtype))
 
   def from_raw():
-    return tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
+    return tf.cast(tf.io.decode_raw(data, tf.uint8), dtype)
 
   is_png = tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE)
   flat = tf.reshape(tf.cond(is_png, from_png, from_raw), [-1])

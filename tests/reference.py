@@ -333,3 +333,54 @@ def lars_step(params, grads, momentum_buffers, lr, weight_decay=1.5e-6,
       new_buffers[module][name] = m
       updates[module][name] = -lr * m
   return updates, new_buffers
+
+
+# ---------------------------------------------------------------------------
+# The two views of a pretraining element (docs/method.md, Input pipeline), as
+# the input pipeline made them before issue 22: each view decodes its own
+# crop window; the masks are int32 throughout.
+# ---------------------------------------------------------------------------
+
+
+def pretrain_views(serialized, *, seed, process_index, k, image_size,
+                   fh_mask_to_use=0):
+  """The views of stream element `k` of a process, one step at a time.
+
+  Args:
+    serialized: the record element `k` reads (bytes).
+    seed, process_index: the pipeline's seed and process.
+    k: the stream element.
+    image_size: S.
+    fh_mask_to_use: the mask channel kept.
+
+  Returns:
+    dict: `view1`, `view2` float32 `[S, S, 3]` in [0, 1];
+    `fh_segmentations1`, `fh_segmentations2` int32 `[S, S, 1]`; `window1`,
+    `window2` the crop windows (y, x, h, w).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from detcon import data, records  # pylint: disable=g-import-not-at-top
+  example = records.read_example(serialized)
+  height, width = example['height'], example['width']
+  masks = example['masks'][fh_mask_to_use]  # [H, W] int32.
+  split = tf.random.experimental.stateless_split
+  element_seed = tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, process_index], tf.int64), tf.constant(k, tf.int64))
+  out = {}
+  for view, view_seed in enumerate(tf.unstack(split(element_seed, 2)), 1):
+    crop_seed, flip_seed = tf.unstack(split(view_seed, 2))
+    y, x, h, w = data.sample_crop_window(crop_seed, height, width).numpy()
+    flip = bool(tf.random.stateless_uniform([], flip_seed) < 0.5)
+    out[f'window{view}'] = (y, x, h, w)
+    image = tf.io.decode_and_crop_jpeg(example['image'], [y, x, h, w],
+                                       channels=3).numpy()
+    crop_masks = masks[y:y + h, x:x + w, None]
+    if flip:
+      image = image[:, ::-1]
+      crop_masks = crop_masks[:, ::-1]
+    image = tf.image.resize(image, [image_size, image_size], 'bicubic')
+    out[f'view{view}'] = np.clip(image.numpy() / 255., 0., 1.)
+    out[f'fh_segmentations{view}'] = tf.image.resize(
+        crop_masks, [image_size, image_size], 'nearest').numpy()
+  return out
