@@ -1,9 +1,27 @@
-"""Fixtures shared by several test modules (built once per session)."""
+"""Fixtures shared by several test modules (built once per session).
 
-import pytest
+The session compiles the same small networks many times, in this process
+and in the commands the end-to-end tests start. One JAX persistent
+compilation cache, in a fresh folder of this session, lets every compile
+after the first of a program be read back (XLA's own cache, keyed by the
+program and the compiler options, so what runs is unchanged). Subprocesses
+inherit it through the environment; it is set here, before anything
+imports JAX.
+"""
 
-from detcon import sample_data
-from tests.test_main_loop import python
+import os
+import shutil
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix='detcon_test_jax_cache_')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import pytest  # noqa: E402
+
+from detcon import sample_data  # noqa: E402
+from tests.test_main_loop import python  # noqa: E402
 
 
 @pytest.fixture(scope='session')
@@ -25,3 +43,9 @@ def records(tmp_path_factory):
                     f'--mask_encoding={encoding}')
     assert result.returncode == 0, result.stderr[-3000:]
   return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Removes this session's compilation cache."""
+  del session, exitstatus
+  shutil.rmtree(_CACHE, ignore_errors=True)
