@@ -7,21 +7,74 @@ after the first of a program be read back (XLA's own cache, keyed by the
 program and the compiler options, so what runs is unchanged). Subprocesses
 inherit it through the environment; it is set here, before anything
 imports JAX.
+
+`bash test.sh` runs the suite in parallel worker processes (pytest-xdist).
+The workers inherit the cache folder from the process that starts them, and
+each expensive fixture is built once by whichever worker asks first, under a
+file lock, and read back by the others (`_once`).
 """
 
+import fcntl
 import os
+import pickle
 import shutil
 import tempfile
 
-_CACHE = tempfile.mkdtemp(prefix='detcon_test_jax_cache_')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+# The first process of the session (the only one, or xdist's controller)
+# makes the cache; workers and subprocesses find it in the environment.
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix='detcon_test_jax_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # noqa: E402
 
 from detcon import sample_data  # noqa: E402
-from tests.test_main_loop import python  # noqa: E402
+from tests import common  # noqa: E402
+
+
+def _once(tmp_path_factory, name, build):
+  """`build(folder)`'s result, built once per session even across workers.
+
+  Args:
+    tmp_path_factory: pytest's session temporary-folder factory.
+    name: the folder's name (one per fixture).
+    build: called with a new empty folder; returns a picklable result.
+
+  Under pytest-xdist the folder lies in the temporary folder all workers
+  share; the first worker to take the lock builds, the others wait and read
+  its pickled result. A build that fails is retried by the next worker.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  folder, done = root / name, root / f'{name}.pickle'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      done.write_bytes(pickle.dumps(build(folder)))
+    return pickle.loads(done.read_bytes())
+
+
+def _records(root):
+  out = {}
+  sample_data.make_imagenet_folder(str(root / 'train'), num_classes=3,
+                                   images_per_class=4, min_side=64,
+                                   max_side=128)
+  for encoding in ('png', 'raw'):
+    out[encoding] = str(root / f'records-{encoding}')
+    result = common.python(
+        'generate_fh_masks_for_imagenet.py',
+        f'--train_directory={root / "train"}',
+        f'--output_directory={out[encoding]}', '--train_shards=2',
+        '--num_threads=2', '--fh_scales=100', '--fh_min_sizes=50',
+        f'--mask_encoding={encoding}')
+    assert result.returncode == 0, result.stderr[-3000:]
+  return out
 
 
 @pytest.fixture(scope='session')
@@ -29,23 +82,46 @@ def records(tmp_path_factory):
   """12 train records of real photos (3 classes), in two shards each of our
   PNG layout (`records['png']`) and the original raw one (`['raw']`),
   written by the mask script."""
-  root = tmp_path_factory.mktemp('e2e')
-  sample_data.make_imagenet_folder(str(root / 'train'), num_classes=3,
-                                   images_per_class=4, min_side=64,
-                                   max_side=128)
-  out = {}
-  for encoding in ('png', 'raw'):
-    out[encoding] = str(root / f'records-{encoding}')
-    result = python('generate_fh_masks_for_imagenet.py',
-                    f'--train_directory={root / "train"}',
-                    f'--output_directory={out[encoding]}', '--train_shards=2',
-                    '--num_threads=2', '--fh_scales=100', '--fh_min_sizes=50',
-                    f'--mask_encoding={encoding}')
-    assert result.returncode == 0, result.stderr[-3000:]
-  return out
+  return _once(tmp_path_factory, 'e2e', _records)
+
+
+def _photos(directory):
+  examples, masks_by_label = [], {}
+  for i, (name, h, w, fmt, encoding) in enumerate(common.PHOTOS):
+    image, masks = common.photo(name, h, w)
+    masks_by_label[i] = masks
+    examples.append(common.photo_example(image, masks, i + 1, fmt=fmt,
+                                         encoding=encoding))
+  half = len(examples) // 2
+  common.write_records(directory / 'train-00000-of-00002', examples[:half])
+  common.write_records(directory / 'train-00001-of-00002', examples[half:])
+  return str(directory), masks_by_label
+
+
+@pytest.fixture(scope='session')
+def photos(tmp_path_factory):
+  """Two train shards of `common.PHOTOS` (real photos, FH masks in both
+  layouts): (folder, {0-based label: the record's `[2, H, W]` masks})."""
+  return _once(tmp_path_factory, 'photos', _photos)
+
+
+def _quick_demo(folder):
+  out = folder / 'out'
+  result = common.python('-m', 'detcon.demo', '--quick', f'--output_dir={out}')
+  assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+  return str(out), result
+
+
+@pytest.fixture(scope='session')
+def quick_demo(tmp_path_factory):
+  """`python -m detcon.demo --quick`, run once per session: (output folder,
+  its finished process). Its checkpoint, records and scenes are read by the
+  demo's tests and by the evaluation and export tests."""
+  return _once(tmp_path_factory, 'demo', _quick_demo)
 
 
 def pytest_sessionfinish(session, exitstatus):
-  """Removes this session's compilation cache."""
+  """Removes the compilation cache this process made, if it made one."""
   del session, exitstatus
-  shutil.rmtree(_CACHE, ignore_errors=True)
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)

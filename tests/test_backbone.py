@@ -8,35 +8,20 @@ import numpy as np
 import pytest
 
 from detcon import backbone, dense_eval, export, linear_eval, main_loop
-from detcon.configs import detcon_b
+from tests.common import mock_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN_EPS = 0.1  # Far from the default 1e-5, so that dropping it shows.
 
 
-def tiny_config(**overrides):
-  """A ResNet-18 pretraining config on mock data: 64 px, batch 2."""
-  c = detcon_b.get_config()
-  c.mock_data, c.image_size, c.batch_size, c.max_steps = True, 64, 2, 2
-  c.model.encoder = 'ResNet18'
-  c.model.projector_hidden_size = c.model.predictor_hidden_size = 32
-  c.model.projector_output_size = 16
-  c.detcon.num_samples, c.num_classes = 4, 3
-  c.log_tensors_interval = 0
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return c
+
 
 
 @pytest.fixture(scope='module')
 def bn_eps_checkpoint(tmp_path_factory):
   """A checkpoint dir pretrained 2 steps with `model.bn_eps` = BN_EPS."""
   ckpt = str(tmp_path_factory.mktemp('bn_eps') / 'ckpt')
-  main_loop.run(tiny_config(**{'model.bn_eps': BN_EPS,
+  main_loop.run(mock_run_config(**{'model.bn_eps': BN_EPS,
                                'checkpoint_dir': ckpt}))
   return ckpt
 
@@ -81,7 +66,7 @@ def test_float32_features_unchanged_by_a_bfloat16_training_network():
   frozen = backbone.from_random('ResNet18', seed=1)
   images = _images(2).astype(np.float32) / 255.0
   before = np.asarray(backbone.feature_map_fn(frozen)(images))
-  main_loop.run(tiny_config(dtype='bfloat16', max_steps=1))
+  main_loop.run(mock_run_config(dtype='bfloat16', max_steps=1))
   # Traced anew after the bfloat16 network was built and run.
   backbone._encode_fn.cache_clear()  # pylint: disable=protected-access
   after = np.asarray(backbone.feature_map_fn(frozen)(images))

@@ -8,16 +8,17 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detcon import classification_data
-from tests import test_data
+from tests import common
 
 IMAGE_SIZE = 32
 # The photos of test_data, each its own class named after it; the classes are
 # numbered by sorted name: astronaut 0, camera 1, chelsea 2, coffee 3,
 # immunohistochemistry 4, rocket 5.
-CLASSES = sorted(name for name, *_ in test_data.PHOTOS)
+CLASSES = sorted(name for name, *_ in common.PHOTOS)
 LABELS = {name: i for i, name in enumerate(CLASSES)}
 TEST_CLASSES = ('chelsea', 'rocket')  # The folder's and TFDS's 'test' split.
 
@@ -56,11 +57,11 @@ class DetconTinyPhotos(tfds.core.GeneratorBasedBuilder):
 
 
 def _encoded_photos():
-  """{class name: (encoded bytes, file extension)} of test_data.PHOTOS."""
+  """{class name: (encoded bytes, file extension)} of common.PHOTOS."""
   photos = {}
-  for name, height, width, fmt, _ in test_data.PHOTOS:
-    image, _ = test_data._photo(name, height, width)
-    photos[name] = (test_data._encode(image, fmt),
+  for name, height, width, fmt, _ in common.PHOTOS:
+    image, _ = common.photo(name, height, width)
+    photos[name] = (common.encode_image(image, fmt),
                     '.JPEG' if fmt == 'jpeg' else '.png')
   return photos
 
@@ -77,12 +78,12 @@ def sources(tmp_path_factory):
       (root / 'folder' / split / name / f'{name}{extension}').write_bytes(
           encoded)
   os.makedirs(root / 'records')
-  with test_data.tf.io.TFRecordWriter(
+  with tf.io.TFRecordWriter(
       str(root / 'records' / 'train-00000-of-00001')) as writer:
-    for name, height, width, fmt, _ in test_data.PHOTOS:
-      image, masks = test_data._photo(name, height, width)
+    for name, height, width, fmt, _ in common.PHOTOS:
+      image, masks = common.photo(name, height, width)
       # The record's label is 1-based; its image bytes are the folder's.
-      example = test_data._example(image, masks, LABELS[name] + 1, fmt=fmt)
+      example = common.photo_example(image, masks, LABELS[name] + 1, fmt=fmt)
       assert example.features.feature['image/encoded'].bytes_list.value[
           0] == photos[name][0]
       writer.write(example.SerializeToString())

@@ -14,7 +14,7 @@ from skimage import segmentation
 
 from detcon import data, linear_eval, main_loop, records, sample_data
 from detcon.configs import detcon_b
-from tests.test_main_loop import TINY, python
+from tests.common import TINY, python
 
 PER_SHARD = 6  # Records in each of the two shards.
 CORRUPT = 3  # The record whose payload is damaged: records 3-5 are lost.

@@ -1,67 +1,21 @@
 """The tf.data input pipeline (docs/method.md) on small real TFRecords."""
 
-import io
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-from skimage import data as skdata
-from skimage import segmentation, transform
 
 from detcon import data, records
-
-# (skimage photo, height, width, image encoding, mask encoding); label = i + 1.
-PHOTOS = (
-    ('chelsea', 90, 140, 'jpeg', 'png'),
-    ('coffee', 120, 80, 'jpeg', 'raw'),
-    ('camera', 100, 100, 'jpeg', 'png'),  # Grayscale JPEG.
-    ('rocket', 70, 150, 'png', 'raw'),  # Non-JPEG bytes.
-    ('astronaut', 110, 95, 'jpeg', 'png'),
-    ('immunohistochemistry', 64, 130, 'jpeg', 'raw'),
+from tests.common import (
+    FH_PARAMS,
+    PHOTOS,
+    photo,
+    photo_example,
+    write_records,
 )
-FH_PARAMS = ((1000, 100), (300, 60))  # (scale, min_size) of the two masks.
+
 GRADIENT_SIZE = (72, 120)  # Height, width.
-
-
-def _encode(image, fmt='jpeg'):
-  buf = io.BytesIO()
-  if fmt == 'jpeg':
-    Image.fromarray(image).save(buf, format='JPEG', quality=95, subsampling=0)
-  else:
-    Image.fromarray(image).save(buf, format='PNG')
-  return buf.getvalue()
-
-
-def _example(image, masks, label, *, fmt='jpeg', encoding='png',
-             masks_bytes=None, size=None):
-  height, width = size or image.shape[:2]
-  if masks_bytes is None:
-    masks_bytes = records.encode_masks(masks, encoding)
-  return records.make_example(
-      image=_encode(image, fmt), height=height, width=width,
-      filename=f'img{label}.JPEG', label=label, synset=f'n{label:08d}',
-      text=f'class {label}', masks=masks_bytes)
-
-
-def _write(path, examples):
-  with tf.io.TFRecordWriter(str(path)) as writer:
-    for example in examples:
-      writer.write(example.SerializeToString())
-  return str(path)
-
-
-def _photo(name, height, width):
-  image = getattr(skdata, name)()
-  image = transform.resize(image, (height, width), anti_aliasing=True)
-  image = (image * 255).round().astype(np.uint8)
-  fh_input = np.stack([image] * 3, -1) if image.ndim == 2 else image
-  masks = np.stack([
-      segmentation.felzenszwalb(fh_input, scale=s, min_size=m)
-      for s, m in FH_PARAMS])
-  assert masks.max() < 256  # The raw layout holds uint8 ids.
-  return image, masks
 
 
 def _gradient(height, width):
@@ -70,21 +24,6 @@ def _gradient(height, width):
   image = np.stack([255 * x / (width - 1), 255 * y / (height - 1),
                     np.full(x.shape, 128.)], -1).round().astype(np.uint8)
   return image, (y * width + x)[None]
-
-
-@pytest.fixture(scope='module')
-def photos(tmp_path_factory):
-  """Two train shards of PHOTOS, and their decoded masks by 0-based label."""
-  directory = tmp_path_factory.mktemp('photos')
-  examples, masks_by_label = [], {}
-  for i, (name, h, w, fmt, encoding) in enumerate(PHOTOS):
-    image, masks = _photo(name, h, w)
-    masks_by_label[i] = masks
-    examples.append(_example(image, masks, i + 1, fmt=fmt, encoding=encoding))
-  half = len(examples) // 2
-  _write(directory / 'train-00000-of-00002', examples[:half])
-  _write(directory / 'train-00001-of-00002', examples[half:])
-  return str(directory), masks_by_label
 
 
 def _pretrain(paths, **kwargs):
@@ -177,10 +116,10 @@ def test_pretrain_batch_shapes_dtypes_labels(photos):
 def test_seed_reproduces_and_raw_png_give_same_masks(tmp_path):
   examples = {'png': [], 'raw': []}
   for i, (name, h, w, _, _) in enumerate(PHOTOS[:3]):
-    image, masks = _photo(name, h, w)
+    image, masks = photo(name, h, w)
     for encoding, items in examples.items():
-      items.append(_example(image, masks, i + 1, encoding=encoding))
-  paths = {e: [_write(tmp_path / f'{e}-train-00000-of-00001', items)]
+      items.append(photo_example(image, masks, i + 1, encoding=encoding))
+  paths = {e: [write_records(tmp_path / f'{e}-train-00000-of-00001', items)]
            for e, items in examples.items()}
   png = _batches(_pretrain(paths['png'], seed=3), 3)
   raw = _batches(_pretrain(paths['raw'], seed=3), 3)
@@ -196,8 +135,9 @@ def test_seed_reproduces_and_raw_png_give_same_masks(tmp_path):
 def test_views_and_masks_crop_and_flip_together(tmp_path):
   height, width = GRADIENT_SIZE
   image, masks = _gradient(height, width)
-  paths = [_write(tmp_path / f'train-0000{i}-of-00002',
-                  [_example(image, masks, 2 * i + j + 1) for j in range(2)])
+  paths = [write_records(tmp_path / f'train-0000{i}-of-00002',
+                         [photo_example(image, masks, 2 * i + j + 1)
+                          for j in range(2)])
            for i in range(2)]
   size = 40
   flips = []
@@ -271,10 +211,10 @@ def test_center_crop_geometry_and_one_pass(tmp_path):
   # pixel off (>= 255 / 119 levels) fails; JPEG adds a few levels of noise.
   cases = ((72, 120, 'png', 1 / 255), (120, 72, 'png', 1 / 255),
            (72, 120, 'jpeg', 6 / 255))
-  path = _write(tmp_path / 'validation-00000-of-00001',
-                [_example(_gradient(h, w)[0], None, i + 1, fmt=fmt,
-                          masks_bytes=b'')
-                 for i, (h, w, fmt, _) in enumerate(cases)])
+  path = write_records(tmp_path / 'validation-00000-of-00001',
+                       [photo_example(_gradient(h, w)[0], None, i + 1, fmt=fmt,
+                                      masks_bytes=b'')
+                        for i, (h, w, fmt, _) in enumerate(cases)])
   size = 32
   ds = data.make_eval_dataset([path], batch_size=2, image_size=size,
                               process_index=0, process_count=1)
@@ -335,10 +275,10 @@ def test_split_over_processes(photos):
 
 
 def _bad_records(tmp_path, name, bad, first_ok):
-  image, masks = _photo('chelsea', 60, 90)
-  good = _example(image, masks, 1)
+  image, masks = photo('chelsea', 60, 90)
+  good = photo_example(image, masks, 1)
   items = [good, bad] if first_ok else [bad, good]
-  return [_write(tmp_path / f'{name}-train-00000-of-00001', items)]
+  return [write_records(tmp_path / f'{name}-train-00000-of-00001', items)]
 
 
 def _check_fails(tmp_path, name, bad, match):
@@ -352,37 +292,37 @@ def _check_fails(tmp_path, name, bad, match):
 
 
 def test_error_record_without_masks(tmp_path):
-  image = _photo('coffee', 50, 70)[0]
-  bad = _example(image, None, 2, masks_bytes=b'')
+  image = photo('coffee', 50, 70)[0]
+  bad = photo_example(image, None, 2, masks_bytes=b'')
   _check_fails(tmp_path, 'nomask', bad, 'without FH masks.*generate_fh_masks')
 
 
 def test_error_mask_size_differs(tmp_path):
-  image = _photo('coffee', 40, 100)[0]
+  image = photo('coffee', 40, 100)[0]
   # As many pixels as the image (4000), and a height that divides its own:
   # only the PNG width tells the shapes apart.
-  png = _example(image, np.zeros((1, 80, 50), np.int32), 2)
+  png = photo_example(image, np.zeros((1, 80, 50), np.int32), 2)
   _check_fails(tmp_path, 'png', png, 'mask size differs.*generate_fh_masks')
-  raw = _example(image, np.zeros((1, 40, 99), np.int32), 2, encoding='raw')
+  raw = photo_example(image, np.zeros((1, 40, 99), np.int32), 2, encoding='raw')
   _check_fails(tmp_path, 'raw', raw, 'mask size differs')
 
 
 def test_error_bad_header_label_and_mask_index(tmp_path):
-  image, masks = _photo('coffee', 40, 100)
+  image, masks = photo('coffee', 40, 100)
   cases = (
-      ('size', _example(image, masks[:, :, :50], 2, size=(40, 50)),
+      ('size', photo_example(image, masks[:, :, :50], 2, size=(40, 50)),
        'image/height, image/width differ'),
-      ('label', _example(image, masks, -1), r'>= 0 \(1-based classes'),
+      ('label', photo_example(image, masks, -1), r'>= 0 \(1-based classes'),
   )
   for name, bad, match in cases:
     with pytest.raises(ValueError, match=match):
       data.check_dataset(_bad_records(tmp_path, name, bad, first_ok=False))
-  paths = [_write(tmp_path / 'ok-train-00000-of-00001',
-                  [_example(image, masks, 1)])]
+  paths = [write_records(tmp_path / 'ok-train-00000-of-00001',
+                         [photo_example(image, masks, 1)])]
   with pytest.raises(ValueError, match='fh_mask_to_use'):
     _pretrain(paths, fh_mask_to_use=len(FH_PARAMS))
   with pytest.raises(ValueError, match='no records'):
-    data.check_dataset([_write(tmp_path / 'empty', [])])
+    data.check_dataset([write_records(tmp_path / 'empty', [])])
 
 
 # Mask sources (docs/method.md, Variants) and records without a class.
@@ -421,12 +361,12 @@ def test_grid_views_equal_fh_views_of_the_drawn_grid(tmp_path):
   n = 3
   drawn, bare, other = [], [], []
   for i, (name, h, w, fmt, encoding) in enumerate(PHOTOS):
-    image, fh = _photo(name, h, w)
+    image, fh = photo(name, h, w)
     grid = _grid_reference(h, w, n)[None]
-    drawn.append(_example(image, grid, i + 1, fmt=fmt, encoding=encoding))
-    bare.append(_example(image, None, i + 1, fmt=fmt, masks_bytes=b''))
-    other.append(_with_source(_example(image, fh, i + 1, fmt=fmt), 'slic'))
-  paths = {k: [_write(tmp_path / f'{k}-train-00000-of-00001', v)]
+    drawn.append(photo_example(image, grid, i + 1, fmt=fmt, encoding=encoding))
+    bare.append(photo_example(image, None, i + 1, fmt=fmt, masks_bytes=b''))
+    other.append(_with_source(photo_example(image, fh, i + 1, fmt=fmt), 'slic'))
+  paths = {k: [write_records(tmp_path / f'{k}-train-00000-of-00001', v)]
            for k, v in (('drawn', drawn), ('bare', bare), ('other', other))}
   kwargs = dict(per_device_batch=3, image_size=32, seed=5)
   want = _batches(_pretrain(paths['drawn'], masks='fh', **kwargs), 3)
@@ -446,9 +386,9 @@ def test_grid_views_equal_fh_views_of_the_drawn_grid(tmp_path):
 
 
 def test_mask_source_must_match_config(tmp_path):
-  image, masks = _photo('chelsea', 60, 90)
-  path = _write(tmp_path / 'train-00000-of-00001',
-                [_with_source(_example(image, masks, 1), 'slic')])
+  image, masks = photo('chelsea', 60, 90)
+  path = write_records(tmp_path / 'train-00000-of-00001',
+                       [_with_source(photo_example(image, masks, 1), 'slic')])
   with pytest.raises(ValueError, match=r"made by 'slic'.*--config.masks=slic"):
     data.check_dataset([path], masks='fh')
   assert data.check_dataset([path], masks='slic')['mask_source'] == 'slic'
@@ -459,16 +399,17 @@ def test_mask_source_must_match_config(tmp_path):
                      'grid'):
     data.check_dataset([path], masks='mcg')
   # Records without the feature (the original release's) are accepted.
-  old = _write(tmp_path / 'old-train-00000-of-00001',
-               [_example(image, masks, 1)])
+  old = write_records(tmp_path / 'old-train-00000-of-00001',
+                      [photo_example(image, masks, 1)])
   assert data.check_dataset([old], masks='ground_truth') == dict(
       path=old, label=0, mask_source=None)
 
 
 def test_records_without_a_class_give_label_minus_one(tmp_path):
-  image, masks = _photo('coffee', 50, 70)
-  path = _write(tmp_path / 'train-00000-of-00001',
-                [_example(image, masks, 0), _example(image, masks, 2)])
+  image, masks = photo('coffee', 50, 70)
+  path = write_records(tmp_path / 'train-00000-of-00001',
+                       [photo_example(image, masks, 0),
+                        photo_example(image, masks, 2)])
   assert data.check_dataset([path])['label'] == -1
   batch = _batches(data.make_eval_dataset([path], batch_size=2, image_size=8,
                                           process_index=0, process_count=1),

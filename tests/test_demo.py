@@ -6,8 +6,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,33 +14,7 @@ from PIL import Image
 
 from detcon import checkpoint, demo, npy_io, pretrained
 from detcon.tools import commands
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_QUICK_RUN = {}  # The one quick demo run of the test session.
-
-
-def python(*args):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=900)
-
-
-def quick_demo_run(tmp_path_factory):
-  """Runs the quick demo once per session: (output folder, its process).
-
-  Other test modules (test_linear_eval) reuse its checkpoint and records.
-  """
-  if not _QUICK_RUN:
-    out = tmp_path_factory.mktemp('demo') / 'out'
-    result = python('-m', 'detcon.demo', '--quick', f'--output_dir={out}')
-    assert result.returncode == 0, (result.stdout[-3000:],
-                                    result.stderr[-3000:])
-    _QUICK_RUN.update(out=str(out), result=result)
-  return _QUICK_RUN['out'], _QUICK_RUN['result']
-
-
-@pytest.fixture(scope='module')
-def quick(tmp_path_factory):
-  return quick_demo_run(tmp_path_factory)
+from tests.common import python
 
 
 def summary(stdout):
@@ -53,8 +25,8 @@ def summary(stdout):
   return {what: path.strip() for what, path in pairs}
 
 
-def test_summary_names_every_output_and_it_exists(quick):
-  out, result = quick
+def test_summary_names_every_output_and_it_exists(quick_demo):
+  out, result = quick_demo
   listed = summary(result.stdout)
   assert not demo.QUICK.dense_random_baseline
   for name, (rel, what) in demo._LAYOUT.items():
@@ -67,8 +39,8 @@ def test_summary_names_every_output_and_it_exists(quick):
   assert 'demo done in' in result.stdout
 
 
-def test_pictures_are_valid_pngs(quick):
-  _, result = quick
+def test_pictures_are_valid_pngs(quick_demo):
+  _, result = quick_demo
   pngs = [p for p in summary(result.stdout).values() if p.endswith('.png')]
   assert len(pngs) == 4
   for path in pngs:
@@ -82,8 +54,8 @@ def test_pictures_are_valid_pngs(quick):
       assert pixels.std() > 20, f'{path} is nearly blank'
 
 
-def test_checkpoint_linear_eval_and_exports(quick):
-  out, _ = quick
+def test_checkpoint_linear_eval_and_exports(quick_demo):
+  out, _ = quick_demo
   restored = checkpoint.restore_latest(os.path.join(out, 'checkpoints'))
   assert restored['step'] == demo.QUICK.pretrain_steps
   assert restored['config'].model.encoder == demo.ENCODER
@@ -104,8 +76,8 @@ def test_checkpoint_linear_eval_and_exports(quick):
   assert os.path.getsize(torchvision) > 1_000_000
 
 
-def test_dense_evaluation_on_generated_scenes(quick):
-  out, result = quick
+def test_dense_evaluation_on_generated_scenes(quick_demo):
+  out, result = quick_demo
   with open(os.path.join(out, 'checkpoints', 'dense_eval.json')) as f:
     dense = json.load(f)
   assert dense['num_eval_images'] == demo.QUICK.scene_val_images
@@ -119,8 +91,8 @@ def test_dense_evaluation_on_generated_scenes(quick):
   assert ' detcon.dense_eval' in result.stdout
 
 
-def test_console_shows_commands_and_their_messages_not_library_logs(quick):
-  out, result = quick
+def test_console_shows_commands_and_their_messages_not_library_logs(quick_demo):
+  out, result = quick_demo
   for command in ('generate_fh_masks_for_imagenet.py', 'detcon.main_loop',
                   'detcon.linear_eval', 'detcon.export'):
     assert f' {command}' in result.stdout, command
@@ -130,8 +102,8 @@ def test_console_shows_commands_and_their_messages_not_library_logs(quick):
     assert 'checkpoint_manager.py' in f.read()
 
 
-def test_console_shows_final_progress_bars_not_step_lines(quick):
-  out, result = quick
+def test_console_shows_final_progress_bars_not_step_lines(quick_demo):
+  out, result = quick_demo
   steps = demo.QUICK.pretrain_steps
   images = demo.QUICK.num_classes * (demo.QUICK.train_images_per_class
                                      + demo.QUICK.validation_images_per_class)
@@ -212,8 +184,8 @@ def test_relay_shows_lines_and_one_bar_logs_every_line(live, chunk):
   assert logged[-2].startswith(final_bar) and len(logged) == 6
 
 
-def test_other_mode_in_same_folder_is_refused(quick):
-  out, _ = quick
+def test_other_mode_in_same_folder_is_refused(quick_demo):
+  out, _ = quick_demo
   result = python('-m', 'detcon.demo', f'--output_dir={out}')  # Not --quick.
   assert result.returncode != 0
   assert 'detcon.demo: error:' in result.stderr

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from detcon import dense_eval, npy_io, voc
-from tests import test_demo
+from tests.common import write_voc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,31 +181,7 @@ def test_label_png_round_trip_keeps_indices_and_palette(tmp_path):
   assert palette[255].tolist() == [224, 224, 192]
 
 
-def write_voc(root, *, train=6, val=4, size=(48, 40), classes=3, seed=0):
-  """A tiny VOC folder: coloured rectangles (class c: colour c) on noise."""
-  rng = np.random.default_rng(seed)
-  for d in (voc.IMAGE_DIR, voc.CLASS_DIR, voc.SPLIT_DIR):
-    os.makedirs(os.path.join(root, d), exist_ok=True)
-  colours = np.array([[40, 40, 40], [230, 30, 30], [30, 30, 230],
-                      [30, 200, 30]], np.uint8)
-  ids = {}
-  for split, n in (('train', train), ('val', val)):
-    ids[split] = [f'{split}_{k}' for k in range(n)]
-    for image_id in ids[split]:
-      h, w = size
-      labels = np.zeros((h, w), np.uint8)
-      for _ in range(2):
-        c = int(rng.integers(1, classes))
-        y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-        labels[y:y + h // 2, x:x + w // 2] = c
-      image = colours[labels] + rng.integers(0, 20, (h, w, 3)).astype(
-          np.uint8)
-      labels[0, :] = 255  # A border row, ignored.
-      Image.fromarray(image).save(voc.image_path(root, image_id), quality=95)
-      voc.write_label_png(voc.label_path(root, image_id), labels)
-    with open(os.path.join(root, voc.SPLIT_DIR, f'{split}.txt'), 'w') as f:
-      f.write('\n'.join(ids[split]) + '\n')
-  return ids
+
 
 
 @pytest.fixture(scope='module')
@@ -323,8 +299,8 @@ def test_npy_backbone_infers_its_encoder_and_refuses_another(
     dense_eval.load_backbone(npy=path, encoder='ResNet50')
 
 
-def test_checkpoint_whose_encoder_differs_from_encoder_flag(tmp_path_factory):
-  out, _ = test_demo.quick_demo_run(tmp_path_factory)
+def test_checkpoint_whose_encoder_differs_from_encoder_flag(quick_demo):
+  out, _ = quick_demo
   ckpt = os.path.join(out, 'checkpoints')
   assert dense_eval.load_backbone(checkpoint_dir=ckpt).encoder == 'ResNet18'
   with pytest.raises(ValueError, match='holds a ResNet18'):

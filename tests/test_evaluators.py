@@ -15,7 +15,7 @@ from detcon import (
     npy_io,
     sample_data,
 )
-from tests.test_dense_eval import write_voc
+from tests.common import write_voc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(num_classes=4, image_size=64, crops_per_image=2, batch_size=4,

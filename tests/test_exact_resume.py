@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from detcon import checkpoint, main_loop
-from tests.test_main_loop import REPO, TINY, _free_port, python
+from tests.common import REPO, TINY, free_port, python
 
 STEPS = 5  # 12 records, batch 4: the runs cross epoch boundaries.
 
@@ -162,7 +162,7 @@ def _two_processes(args, tmp_path, name, stop_after=None):
   With `stop_after`, SIGTERM goes to process 1 only, once process 0 logged
   a line holding it: both must agree to save and stop after the same step.
   """
-  address = f'localhost:{_free_port()}'
+  address = f'localhost:{free_port()}'
   logs = [tmp_path / f'{name}-{i}.log' for i in range(2)]
   procs = []
   for i, log in enumerate(logs):

@@ -5,27 +5,16 @@ import pickle
 import subprocess
 import sys
 
-import haiku as hk
 import jax
 import numpy as np
 import pytest
 
 from detcon import export, networks, npy_io, pretrained, torch_export
-
-BN = networks.bn_config(0.9, 1e-5, None)
-
-
-@functools.cache
-def _model(encoder):
-  return hk.without_apply_rng(hk.transform_with_state(
-      lambda x, is_training: networks.ResNetEncoder(encoder, 1, BN)(
-          x, is_training)))
-
-
-@functools.cache
-def _forward(encoder):
-  """Jitted inference forward: (params, state, images) -> features."""
-  return jax.jit(lambda p, s, x: _model(encoder).apply(p, s, x, False)[0])
+from tests.common import (
+  encoder_forward,
+  random_images,
+  torch_features,
+)
 
 
 @functools.cache
@@ -62,11 +51,6 @@ def _trained(encoder, num_classes=10):
   return params, state
 
 
-def _images(size, seed=1):
-  return np.random.default_rng(seed).uniform(
-      0, 1, (2, size, size, 3)).astype(np.float32)
-
-
 @pytest.mark.parametrize('encoder', ['ResNet18', 'ResNet50'])
 def test_npy_round_trip(tmp_path, encoder):
   params, state = _trained(encoder)
@@ -83,8 +67,8 @@ def test_npy_round_trip(tmp_path, encoder):
     assert jax.tree.structure(want) == jax.tree.structure(got)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
       np.testing.assert_array_equal(a, b)
-  images = _images(32)
-  forward = _forward(encoder)
+  images = random_images(32)
+  forward = encoder_forward(encoder)
   np.testing.assert_array_equal(
       forward(enc_params, enc_state, images),
       forward(loaded_params, loaded_state, images))
@@ -147,19 +131,6 @@ def test_torchvision_loads_strict(encoder):
   torch_export.make_torchvision_model(encoder, state_dict)
 
 
-def _torch_features(model, images):
-  """Final feature map [B, H/32, W/32, C] of a torchvision ResNet."""
-  import torch
-  x = (images - np.asarray(networks.IMAGENET_MEAN, np.float32)) / np.asarray(
-      networks.IMAGENET_STD, np.float32)
-  x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-  with torch.no_grad():
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    logits = model.fc(torch.flatten(model.avgpool(x), 1))
-  return x.numpy().transpose(0, 2, 3, 1), logits.numpy()
-
-
 @pytest.mark.parametrize('encoder,size', [('ResNet18', 64), ('ResNet50', 64),
                                           ('ResNet18', 57)])
 def test_torchvision_features_match_with_tf_padding(encoder, size):
@@ -167,8 +138,8 @@ def test_torchvision_features_match_with_tf_padding(encoder, size):
   pytest.importorskip('torchvision')
   params, state = _trained(encoder)
   enc_params, enc_state = npy_io.encoder_params_from(params, state)
-  images = _images(size)
-  want = np.asarray(_forward(encoder)(enc_params, enc_state, images))
+  images = random_images(size)
+  want = np.asarray(encoder_forward(encoder)(enc_params, enc_state, images))
   want_logits = want.mean((1, 2)) @ params['classifier']['w'] + params[
       'classifier']['b']
   state_dict = torch_export.to_torchvision(params, state, encoder)
@@ -178,13 +149,13 @@ def test_torchvision_features_match_with_tf_padding(encoder, size):
   assert scale > 1e-2
   model = torch_export.make_torchvision_model(encoder, state_dict,
                                         tf_same_padding=True)
-  got, logits = _torch_features(model, images)
+  got, logits = torch_features(model, images)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-4 * scale, rtol=0)
   np.testing.assert_allclose(logits, want_logits,
                              atol=1e-4 * np.abs(want_logits).max(), rtol=0)
   # Unpatched, PyTorch's symmetric padding gives different features.
-  plain, _ = _torch_features(
+  plain, _ = torch_features(
       torch_export.make_torchvision_model(encoder, state_dict), images)
   assert np.abs(plain - want).max() > 1e-2 * scale
 

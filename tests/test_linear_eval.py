@@ -13,7 +13,6 @@ import pytest
 
 from detcon import data, demo, linear_eval, networks
 from detcon import pretrained as pretrained_lib
-from tests import test_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,9 +144,9 @@ def _cli(*args):
 
 
 @pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
+def pretrained(quick_demo):
   """The quick demo's output folder (run once per session)."""
-  out, _ = test_demo.quick_demo_run(tmp_path_factory)
+  out, _ = quick_demo
   return out
 
 

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -14,29 +13,7 @@ import pytest
 from detcon import checkpoint
 from detcon import main_loop as main_loop_lib
 from detcon.configs import detcon_b
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ('--encoder=ResNet18', '--image_size=64', '--batch_size=4',
-        '--config.model.projector_hidden_size=64',
-        '--config.model.predictor_hidden_size=64',
-        '--config.model.projector_output_size=32',
-        '--config.detcon.num_samples=4', '--config.num_classes=3',
-        '--log_tensors_interval=0')
-
-
-def python(*args, env=None, **kwargs):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=900, env=env, **kwargs)
-
-
-def main_loop(*args, env=None):
-  result = python('-m', 'detcon.main_loop', *TINY, *args, env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def last_json(result):
-  return json.loads(result.stdout.strip().splitlines()[-1])
+from tests.common import REPO, TINY, free_port, last_json, main_loop, python
 
 
 def test_pretrain_saves_and_resumes_with_saved_parameters(records, tmp_path):
@@ -74,12 +51,6 @@ def test_pretrain_on_original_raw_layout(records):
   assert '| 1/1 [' not in result.stderr  # No bar on a pipe by default.
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
 def mock_step():
   """One step on mock data, with the bar and the original's worker flags.
@@ -104,7 +75,7 @@ def test_two_processes_equal_one_process(tmp_path, mock_step):
   """Two CPU processes on loopback vs one, same global (mock) batch."""
   args = ('-m', 'detcon.main_loop', *TINY, '--config.mock_data=True',
           '--max_steps=1')
-  address = f'localhost:{_free_port()}'
+  address = f'localhost:{free_port()}'
   procs = [subprocess.Popen(
       [sys.executable, *args, f'--coordinator_address={address}',
        '--num_processes=2', f'--process_id={i}',
@@ -141,7 +112,7 @@ def slurm_env(task, tasks, port):
 
 def test_slurm_tasks_form_one_run_without_flags(tmp_path, mock_step):
   """Two srun-style tasks, no distributed flags: one run, as one process."""
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'detcon.main_loop', *TINY,
        '--config.mock_data=True', '--max_steps=1',
@@ -165,7 +136,7 @@ def test_slurm_tasks_form_one_run_without_flags(tmp_path, mock_step):
 def test_cluster_detection_off_runs_alone_under_slurm():
   result = main_loop('--config.mock_data=True', '--max_steps=1',
                      '--cluster_detection=off',
-                     env=slurm_env(0, 2, _free_port()))
+                     env=slurm_env(0, 2, free_port()))
   assert ('Run formed by one process (cluster detection off '
           '(--cluster_detection=off)') in result.stderr
   assert 'over 1 devices in 1 processes' in result.stderr
@@ -189,6 +160,12 @@ def test_bad_shard_names(tmp_path):
 
 def test_help_documents_flags_config_fields_and_max_steps_0():
   result = python('-m', 'detcon.main_loop', '--help')  # absl exits with 1.
+  for flag in ('dataset_directory', 'pretrain_epochs', 'batch_size',
+               'log_tensors_interval', 'is_test', 'checkpoint_dir', 'encoder',
+               'image_size', 'max_steps', 'save_checkpoint_interval', 'dtype',
+               'num_train_images', 'coordinator_address', 'num_processes',
+               'process_id', 'config'):
+    assert f'--{flag}' in result.stdout, flag
   for flag in ('--progress_bar: <auto|on|off>', '--worker_mode',
                '--worker_tpu_driver', '--cluster_detection: <auto|off>',
                '--[no]library_logs', '0: as many as --pretrain_epochs takes'):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from detcon import data, record_order
-from tests.test_data import PHOTOS, photos  # noqa: F401 (a fixture)
+from tests.common import PHOTOS
 
 
 def test_each_epoch_is_a_permutation_split_over_processes():

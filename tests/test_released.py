@@ -18,13 +18,7 @@ import pytest
 
 from detcon import checkpoint, export, npy_io, torch_export, train
 from detcon import pretrained as pretrained_lib
-from tests import (
-  released_layout,
-  test_demo,
-  test_export,
-  test_main_loop,
-  test_train,
-)
+from tests import common, released_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50 = 'res_net50/~/'
@@ -87,8 +81,8 @@ def test_imported_encoder_equals_torchvision_forward(r50_file):
   torch = pytest.importorskip('torch')
   torchvision = pytest.importorskip('torchvision')
   pretrained = pretrained_lib.load_pretrained(r50_file)
-  images = test_export._images(64)
-  got = np.asarray(test_export._forward('ResNet50')(
+  images = common.random_images(64)
+  got = np.asarray(common.encoder_forward('ResNet50')(
       pretrained.params, pretrained.state, images))
   # Independent of our encoder: torchvision with the weights mapped here.
   model = torchvision.models.resnet50()
@@ -96,7 +90,7 @@ def test_imported_encoder_equals_torchvision_forward(r50_file):
       {k: torch.from_numpy(np.asarray(v)) for k, v in
        released_layout.torchvision_state_dict(_r50(), R50).items()},
       strict=True)
-  want, want_logits = test_export._torch_features(
+  want, want_logits = common.torch_features(
       torch_export.patch_tf_same_padding(model).eval(), images)
   scale = np.abs(want).max()
   assert got.shape == want.shape == (2, 2, 2, 2048) and scale > 1e-2
@@ -254,7 +248,7 @@ def _network(config, fill=7.0):
 
 def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
   pretrained = pretrained_lib.pretrained_from_dict(_r18(seed=3), what='r18.npy')
-  config = test_train.tiny_config()  # num_classes 4: the file has 1000.
+  config = common.tiny_config()  # num_classes 4: the file has 1000.
   params, state = _network(config)
   with caplog.at_level(logging.WARNING):
     new_params, new_state = pretrained_lib.init_from_pretrained(params, state,
@@ -286,7 +280,7 @@ def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
 ])
 def test_init_from_pretrained_names_the_config_to_fix(field, value, message):
   pretrained = pretrained_lib.pretrained_from_dict(_r18(random=False))
-  config = test_train.tiny_config()
+  config = common.tiny_config()
   config.model[field] = value
   with pytest.raises(ValueError, match='wrong shape') as error:
     pretrained_lib.init_from_pretrained(*_network(config), pretrained)
@@ -301,8 +295,8 @@ def _linear_eval(*args):
                         cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def test_linear_eval_reads_a_released_file(tmp_path_factory, tmp_path):
-  out, _ = test_demo.quick_demo_run(tmp_path_factory)
+def test_linear_eval_reads_a_released_file(quick_demo, tmp_path):
+  out, _ = quick_demo
   npy = released_layout.save(tmp_path / 'r18.npy', _r18(num_classes=0))
   result = _linear_eval(f'--npy={npy}', '--encoder=ResNet18',
                         f'--dataset_directory={os.path.join(out, "records")}',
@@ -334,7 +328,7 @@ def test_main_loop_init_from_starts_from_the_file(tmp_path):
   path = released_layout.save(tmp_path / 'r18.npy', _r18(num_classes=3))
   ckpt = str(tmp_path / 'ckpt')
   result = subprocess.run(
-      [sys.executable, '-m', 'detcon.main_loop', *test_main_loop.TINY,
+      [sys.executable, '-m', 'detcon.main_loop', *common.TINY,
        '--config.mock_data=true', '--max_steps=1', f'--checkpoint_dir={ckpt}',
        f'--config.init_from={path}', '--config.optimizer.base_learning_rate=0'],
       cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from detcon import run_lock
-from tests.test_main_loop import TINY, main_loop, python
+from tests.common import TINY, main_loop, python
 
 MOCK_STEP = ('--config.mock_data=True', '--max_steps=1')
 

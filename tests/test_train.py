@@ -17,35 +17,12 @@ from PIL import Image
 from detcon import main_loop as loop
 from detcon import optim, records, train
 from detcon.configs import coco, detcon_b, detcon_s
+from tests.common import fixed_batch, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(objective='detcon_b'):
-  """ResNet18 at 64x64 (2x2 cells) with small heads: fast on a CPU."""
-  c = detcon_b.get_config()
-  c.objective = objective
-  c.model.encoder, c.image_size, c.num_classes = 'ResNet18', 64, 4
-  c.model.projector_hidden_size = c.model.predictor_hidden_size = 64
-  c.model.projector_output_size = 32
-  c.detcon.num_samples = 4
-  return c
 
-
-def fixed_batch(batch_size, image_size=64, seed=0, num_ids=5):
-  """A `[1, B, ...]` batch of random images with 4x4-block masks."""
-  rng = np.random.default_rng(seed)
-  s = image_size
-
-  def masks():
-    coarse = rng.integers(0, num_ids, (1, batch_size, 4, 4))
-    return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[
-        ..., None].astype(np.int32)
-
-  return dict(view1=rng.random((1, batch_size, s, s, 3), np.float32),
-              view2=rng.random((1, batch_size, s, s, 3), np.float32),
-              fh_segmentations1=masks(), fh_segmentations2=masks(),
-              labels=rng.integers(0, 4, (1, batch_size)).astype(np.int32))
 
 
 def run_subprocess(code, env_extra=None, args=()):
@@ -67,7 +44,7 @@ def test_two_devices_equal_one_device():
       from jax.sharding import Mesh
       from detcon import train
       from tests import reference
-      from tests.test_train import tiny_config, fixed_batch
+      from tests.common import fixed_batch, tiny_config
       assert jax.device_count() == 2
       for objective in ('detcon_b', 'detcon_s'):
         config = tiny_config(objective)
@@ -224,16 +201,6 @@ def test_bad_settings_fail_clearly(flag, message):
   assert result.returncode != 0
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
-
-
-def test_help_documents_every_flag():
-  result = main_loop('--helpfull')
-  for flag in ('dataset_directory', 'pretrain_epochs', 'batch_size',
-               'log_tensors_interval', 'is_test', 'checkpoint_dir', 'encoder',
-               'image_size', 'max_steps', 'save_checkpoint_interval', 'dtype',
-               'num_train_images', 'coordinator_address', 'num_processes',
-               'process_id', 'config'):
-    assert f'--{flag}' in result.stdout, flag
 
 
 def test_mock_run_flags_bfloat16_epochs_and_periodic_saves(tmp_path):

@@ -7,8 +7,7 @@ import ml_collections
 import pytest
 
 from detcon import backbone, evaluators, main_loop, train_evals
-from tests.test_backbone import tiny_config
-from tests.test_dense_eval import write_voc
+from tests.common import mock_run_config, write_voc
 
 DENSE = dict(num_classes=4, image_size=64, crops_per_image=1, batch_size=4,
              nn_memory_size=200, seed=5)
@@ -31,7 +30,7 @@ def _evals(voc_root, every_steps=5):
 def test_last_step_eval_equals_the_command_on_the_final_checkpoint(
     voc_root, tmp_path, dtype):
   ckpt = str(tmp_path / 'ckpt')
-  config = tiny_config(dtype=dtype, checkpoint_dir=ckpt)
+  config = mock_run_config(dtype=dtype, checkpoint_dir=ckpt)
   config.evals = _evals(voc_root)  # Runs at the last step (2) only.
   metrics = main_loop.run(config)
   with open(os.path.join(ckpt, 'evals.json')) as f:
@@ -60,7 +59,7 @@ def test_last_step_eval_equals_the_command_on_the_final_checkpoint(
      "config.evals.x.settings: no data folder '/no/such/folder'"),
 ])
 def test_bad_settings_fail_before_the_first_step(tmp_path, entry, message):
-  config = tiny_config(checkpoint_dir=str(tmp_path / 'ckpt'))
+  config = mock_run_config(checkpoint_dir=str(tmp_path / 'ckpt'))
   config.evals = ml_collections.ConfigDict(dict(x=entry))
   with pytest.raises(ValueError, match=message):
     main_loop.run(config)
@@ -69,7 +68,7 @@ def test_bad_settings_fail_before_the_first_step(tmp_path, entry, message):
 
 def test_history_keeps_every_evaluation_across_a_resume(voc_root, tmp_path):
   ckpt = str(tmp_path / 'ckpt')
-  config = tiny_config(checkpoint_dir=ckpt, max_steps=2)
+  config = mock_run_config(checkpoint_dir=ckpt, max_steps=2)
   config.evals = _evals(voc_root, every_steps=1)
   main_loop.run(config)
   config.max_steps = 3  # Resumes from step 2.
