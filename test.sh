@@ -8,7 +8,8 @@
 # ResNet-50 at 224, batch 4, on mock data. The suite installs a torch +
 # torchvision where it can (for the export tests); DETCON_WITH_TORCH=0 skips.
 # The suite runs in DETCON_TEST_WORKERS parallel processes (default 2, one
-# per core of the development machines; 0 runs it in this process).
+# per core of the development machines; 0 runs it in this process), each
+# module whole on one worker, the slowest modules first (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 DETCON_WITH_TORCH="${DETCON_WITH_TORCH:-1}" bash setup.sh
@@ -20,4 +21,5 @@ ruff check .
 echo "== smoke: python -m detcon.main_loop --is_test"
 python -m detcon.main_loop --is_test
 echo "== tests"
-python -m pytest -n "${DETCON_TEST_WORKERS:-2}" --dist loadfile tests "$@"
+python -m pytest -n "${DETCON_TEST_WORKERS:-2}" --dist loadfile \
+  --no-loadscope-reorder tests "$@"
