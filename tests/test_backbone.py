@@ -14,15 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BN_EPS = 0.1  # Far from the default 1e-5, so that dropping it shows.
 
 
-
-
-
 @pytest.fixture(scope='module')
 def bn_eps_checkpoint(tmp_path_factory):
   """A checkpoint dir pretrained 2 steps with `model.bn_eps` = BN_EPS."""
   ckpt = str(tmp_path_factory.mktemp('bn_eps') / 'ckpt')
   main_loop.run(mock_run_config(**{'model.bn_eps': BN_EPS,
-                               'checkpoint_dir': ckpt}))
+                                   'checkpoint_dir': ckpt}))
   return ckpt
 
 
