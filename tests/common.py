@@ -79,12 +79,7 @@ def mock_run_config(**overrides):
   c.model.projector_output_size = 16
   c.detcon.num_samples, c.num_classes = 4, 3
   c.log_tensors_interval = 0
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)  # Dotted keys: 'model.bn_eps'.
   return c
 
 
