@@ -222,7 +222,7 @@ def _local_record_offsets(path):
             f'truncated: the file ends ({size} bytes) inside the header of '
             f'record {count} at byte {start}')
       length, crc = struct.unpack('<QI', header)
-      if crc != _masked_crc32c(header[:8]):
+      if crc != record_order.masked_crc32c(header[:8]):
         raise _DamagedFileError(
             'not a TFRecord file' if count == 0 else
             f'corrupt header of record {count} at byte {start}')
@@ -260,29 +260,6 @@ def _remote_record_offsets(path):
         f'truncated: {file_size - size} bytes after the last whole record '
         f'(byte {size})')
   return np.cumsum(frames) - frames
-
-
-def _crc32c_table():
-  """The byte table of CRC-32C (Castagnoli, reflected polynomial)."""
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    table.append(crc)
-  return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-  """The masked CRC-32C that TFRecord frames store (uint32)."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def skipped_records(paths: list[str] | None = None) -> int:

@@ -11,14 +11,16 @@ starting the stream at k; what a checkpoint has to keep of the input is
 that one number and the settings it depends on (`input_state`).
 
 Records are read at their byte offsets (walked once at the start by
-`data.record_offsets_per_file`), with TensorFlow's random-access TFRecord
-reader, which checks each record's checksums.
+`data.record_offsets_per_file`), each frame's checksums checked (`Reader`).
 """
 
 import collections
 import dataclasses
+import os
+import struct
 import threading
 
+import google_crc32c
 import numpy as np
 
 # What the order of elements depends on; a resume compares them (`changes`).
@@ -96,44 +98,99 @@ class Order:
     return int(permutation[place * self.process_count + self.process_index])
 
 
+def masked_crc32c(data: bytes) -> int:
+  """The masked CRC-32C that TFRecord frames store (uint32).
+
+  CRC-32C (Castagnoli), rotated right by 15 bits plus 0xa282ead8, modulo
+  2^32, as TFRecord files hold it for a record's length and for its data.
+  """
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 class Reader:
   """Reads records by index, keeping up to `max_open` files open.
 
-  Thread-safe. A record that cannot be read (its checksum fails: the file
-  was damaged after it was counted) comes back as None.
+  A frame is `uint64 length, uint32 masked crc of the length, data, uint32
+  masked crc of the data` (little-endian). Local files are read with two
+  `os.pread` calls a record and both checksums are checked here; other file
+  systems (`gs://...`) through TensorFlow's random-access reader, which
+  checks them too but refills a buffer of several MB from the offset on
+  every read that does not follow the previous one (1-2 ms a record from
+  ImageNet's 140-MB shards, against 0.05 ms here).
+
+  Thread-safe. A record that cannot be read (a checksum fails, or the frame
+  runs past the end of the file: the file was damaged after it was counted)
+  comes back as None.
   """
 
   def __init__(self, index: RecordIndex, max_open: int = 64):
-    # Imported here: the order above needs no TensorFlow.
-    from tensorflow.python.lib.io import tf_record  # pylint: disable=g-import-not-at-top
-    self._open_file = tf_record.tf_record_random_reader
     self._index = index
     self._max_open = max_open
     self._lock = threading.Lock()
-    self._open = collections.OrderedDict()  # file -> (reader, its lock)
+    self._open = collections.OrderedDict()  # file -> its read function
 
   def _reader(self, file: int):
+    """`read(offset) -> bytes | None` of file `file`, opened on first use."""
     with self._lock:
       if file in self._open:
         self._open.move_to_end(file)
         return self._open[file]
-      entry = (self._open_file(self._index.paths[file]), threading.Lock())
-      self._open[file] = entry
+      path = self._index.paths[file]
+      read = (_tensorflow_reader(path) if '://' in path
+              else _local_reader(path))
+      self._open[file] = read
       if len(self._open) > self._max_open:
         self._open.popitem(last=False)  # Closed when its last read ends.
-      return entry
+      return read
 
   def read(self, record: int) -> bytes | None:
     """The serialized record `record` (an index into the `RecordIndex`)."""
-    # Imported here, as above.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    reader, lock = self._reader(int(self._index.file_of[record]))
+    read = self._reader(int(self._index.file_of[record]))
+    return read(int(self._index.offset_of[record]))
+
+
+def _local_reader(path):
+  """Reads the frame at an offset of a local file, checking its checksums.
+
+  The file stays open as long as the returned function lives (it holds the
+  file object), so a reader dropped from `Reader`'s cache during a read
+  stays usable until that read ends.
+  """
+  f = open(path, 'rb', buffering=0)  # pylint: disable=consider-using-with
+
+  def read(offset):
+    header = os.pread(f.fileno(), 12, offset)
+    if len(header) < 12:
+      return None
+    length, length_crc = struct.unpack('<QI', header)
+    if length_crc != masked_crc32c(header[:8]):
+      return None
+    body = os.pread(f.fileno(), length + 4, offset + 12)
+    if len(body) < length + 4:
+      return None
+    data = body[:length]
+    (data_crc,) = struct.unpack('<I', body[length:])
+    return data if data_crc == masked_crc32c(data) else None
+
+  return read
+
+
+def _tensorflow_reader(path):
+  """As `_local_reader`, through TensorFlow's file systems (`gs://...`)."""
+  # Imported here: the order and local files need no TensorFlow.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.lib.io import tf_record  # pylint: disable=g-import-not-at-top
+  reader, lock = tf_record.tf_record_random_reader(path), threading.Lock()
+
+  def read(offset):
     try:
       with lock:
-        data, _ = reader.read(int(self._index.offset_of[record]))
+        return reader.read(offset)[0]
     except (tf.errors.DataLossError, IndexError):
       return None
-    return data
+
+  return read
 
 
 def input_state(paths, record_counts, *, seed: int, process_count: int,
