@@ -507,14 +507,15 @@ def _parse(serialized, *, decode_masks, fh_mask_to_use):
                             [ERR_MASK_SIZE, where, height, width]),
     ]
     with tf.control_dependencies(checks):
-      masks = records.decode_masks_tf(data, height, width, tf.uint16)
-    if fh_mask_to_use is not None:
-      n_masks = tf.shape(masks)[2]
+      planes = records.decode_mask_planes_tf(data, height, width, tf.uint16)
+    if fh_mask_to_use is None:
+      out['masks'] = tf.transpose(planes, [1, 2, 0])
+    else:
+      n_masks = tf.shape(planes)[0]
       checks.append(tf.debugging.Assert(
           fh_mask_to_use < n_masks, [ERR_MASK_INDEX, where, n_masks]))
       with tf.control_dependencies(checks):
-        masks = masks[:, :, fh_mask_to_use:fh_mask_to_use + 1]
-    out['masks'] = masks
+        out['masks'] = planes[fh_mask_to_use][..., None]
   with tf.control_dependencies(checks):
     return {k: tf.identity(v) for k, v in out.items()}
 

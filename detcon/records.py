@@ -74,6 +74,21 @@ def decode_masks(data: bytes, height: int, width: int) -> np.ndarray:
 def decode_masks_tf(data, height, width, dtype=None):
   """TensorFlow twin of `decode_masks`, for tf.data: `[H, W, n_masks]` ids.
 
+  Args, the failure: as `decode_mask_planes_tf`.
+
+  Returns:
+    `dtype` tensor `[height, width, n_masks]`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.transpose(decode_mask_planes_tf(data, height, width, dtype),
+                      [1, 2, 0])
+
+
+def decode_mask_planes_tf(data, height, width, dtype=None):
+  """The masks as stored, one plane after the other: `[n_masks, H, W]` ids.
+
+  Taking one plane of these (`[i]`) costs no transpose of them all.
+
   Args:
     data: scalar tf.string, the `image/felzenszwalb_segmentations` bytes.
     height: scalar int tensor, the image height.
@@ -83,7 +98,7 @@ def decode_masks_tf(data, height, width, dtype=None):
       before a cast).
 
   Returns:
-    `dtype` tensor `[height, width, n_masks]`. Fails (InvalidArgumentError)
+    `dtype` tensor `[n_masks, height, width]`. Fails (InvalidArgumentError)
     when the number of decoded values is not a multiple of `height * width`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -106,8 +121,7 @@ def decode_masks_tf(data, height, width, dtype=None):
   tf.debugging.assert_equal(
       tf.size(flat) % (height * width), 0,
       message='mask size differs from the image size')
-  masks = tf.reshape(flat, tf.stack([-1, height, width]))
-  return tf.transpose(masks, [1, 2, 0])
+  return tf.reshape(flat, tf.stack([-1, height, width]))
 
 
 def make_example(*, image: bytes, height: int, width: int, filename: str,
