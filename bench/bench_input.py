@@ -15,6 +15,11 @@ RGB), then times on the same records, in one run:
               their masks, batched;
 
 each with all usable cores, the pipeline also with 1 and 2 tf.data threads,
+then the CPU time of reading one record by index (as the pipeline's order
+does, `record_order.Reader`) in a random order, from these shards and from
+one file of ImageNet's shard size (at least 140 MB: the records written
+over and over), by the local reader and by TensorFlow's (the one other file
+systems use),
 and then the resident memory of the pipeline at `--memory_batch` images per
 process with its default prefetch (pretraining has no shuffle buffer: the
 order is a global permutation, `detcon.record_order`). Every rate is in
@@ -45,7 +50,7 @@ from absl import app, flags
 from PIL import Image
 
 from bench import machine
-from detcon import data, records, sample_data
+from detcon import data, record_order, records, sample_data
 
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'View side, pixels.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
@@ -70,6 +75,7 @@ _PEAK_TFLOPS = flags.DEFINE_float(
 _MFU = flags.DEFINE_float('mfu', 0.35, 'Model FLOPs utilisation, 0 to 1.')
 _CORES_PER_GPU = flags.DEFINE_integer('cores_per_gpu', 16,
                                       'CPU cores per GPU.')
+_IMAGENET_SHARD_BYTES = 140e6  # ImageNet's train shards: 1024 of ~140 MB.
 _GFLOP_PER_IMAGE = flags.DEFINE_float(
     'gflop_per_image', 0, 'Train step GFLOP per image; 0: XLA\'s count of '
     'the DetCon-B ResNet-50 step at --image_size (about a minute).')
@@ -220,6 +226,44 @@ def _memory(paths, batch, batches, image_size):
   return before, peak[0]
 
 
+def _read_costs(paths, directory, records=400):
+  """CPU ms per record read by index: {(shards, reader): ms}.
+
+  Reads `records` records in a random order with `record_order.Reader`, from
+  `paths` and from one file of ImageNet's shard size (the same records
+  written again until it holds at least 140 MB), locally and through
+  TensorFlow's random-access reader (paths given as `file://...`).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  big = os.path.join(directory, 'imagenet-size-shard')
+  if not os.path.exists(big):
+    with tf.io.TFRecordWriter(big) as writer:
+      written = 0
+      while written < _IMAGENET_SHARD_BYTES:
+        for serialized in tf.data.TFRecordDataset(paths):
+          writer.write(serialized.numpy())
+          written += len(serialized.numpy()) + 16
+  costs = {}
+  for shards, files in ((f'{len(paths)} x {_mb(paths):.1f} MB', paths),
+                        (f'1 x {_mb([big]):.0f} MB', [big])):
+    offsets = data.record_offsets_per_file(files)
+    order = np.random.default_rng(0).permutation(sum(map(len, offsets)))
+    for reader_name, prefix in (('local', ''), ('tensorflow', 'file://')):
+      reader = record_order.Reader(record_order.RecordIndex.from_offsets(
+          [prefix + f for f in files], offsets))
+      start = time.process_time()
+      for record in order[:records]:
+        assert reader.read(int(record)) is not None
+      costs[shards, reader_name] = (time.process_time() - start) / min(
+          records, len(order)) * 1e3
+  return costs
+
+
+def _mb(paths):
+  """Mean size of the files `paths`, in MB."""
+  return statistics.mean(os.path.getsize(p) for p in paths) / 1e6
+
+
 def _gflop_per_image(image_size):
   """XLA's FLOPs of the DetCon-B ResNet-50 train step per image, in GFLOP.
 
@@ -284,6 +328,9 @@ def main(argv):
     print(f'pipeline scaling: {cores} threads / 1 thread = '
           f'{full[cores] / full[1]:.2f}x in images/s')
     per_core = per_cpu_s['whole pipeline', cores]
+    print('\nreading one record by index, random order, CPU ms per record:')
+    for (shards, reader), ms in _read_costs(paths, directory).items():
+      print(f'  shards {shards:<14} {reader:<10} reader {ms:6.3f} ms')
     if _MEMORY_BATCH.value:
       before, peak = _memory(paths, _MEMORY_BATCH.value,
                              _MEMORY_BATCHES.value, s)
