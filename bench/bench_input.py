@@ -334,7 +334,8 @@ def main(argv):
     if _MEMORY_BATCH.value:
       before, peak = _memory(paths, _MEMORY_BATCH.value,
                              _MEMORY_BATCHES.value, s)
-      batch_mb = _MEMORY_BATCH.value * 2 * s * s * (3 + 1) * 4 / 2**20
+      # Two views: uint8 [S, S, 3] and int32 [S, S, 1] masks each.
+      batch_mb = _MEMORY_BATCH.value * 2 * s * s * (3 + 4) / 2**20
       print(f'\nmemory at batch {_MEMORY_BATCH.value} (one batch is '
             f'{batch_mb:.0f} MiB), default prefetch, no shuffle buffer: '
             f'resident {before:.0f} MiB before the pipeline, {peak:.0f} MiB '

@@ -87,8 +87,8 @@ def _host_batch(config, per_device):
     return np.kron(coarse, np.ones((s // 8, s // 8), np.int32))[..., None]
 
   return dict(
-      view1=rng.random(shape + (s, s, 3), np.float32),
-      view2=rng.random(shape + (s, s, 3), np.float32),
+      view1=rng.integers(0, 256, shape + (s, s, 3), np.uint8),
+      view2=rng.integers(0, 256, shape + (s, s, 3), np.uint8),
       fh_segmentations1=blocks().astype(np.int32),
       fh_segmentations2=blocks().astype(np.int32),
       labels=rng.integers(0, _NUM_CLASSES, shape, dtype=np.int32))

@@ -16,8 +16,8 @@ def abstract_batch(config, per_device, mesh):
   def spec(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
-  return dict(view1=spec((n, s, s, 3), np.float32),
-              view2=spec((n, s, s, 3), np.float32),
+  return dict(view1=spec((n, s, s, 3), np.uint8),
+              view2=spec((n, s, s, 3), np.uint8),
               fh_segmentations1=spec((n, s, s, 1), np.int32),
               fh_segmentations2=spec((n, s, s, 1), np.int32),
               labels=spec((n,), np.int32))

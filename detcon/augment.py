@@ -1,7 +1,8 @@
 """On-device image augmentations of the two views (docs/method.md), with dm-pix.
 
 Each image draws its own randomness. Images are float `[B, H, W, 3]` in
-[0, 1], clipped back to [0, 1] after every step. The flip is not here: it
+[0, 1] (the input pipeline's uint8 views are scaled to them first), clipped
+back to [0, 1] after every step. The flip is not here: it
 happened on the host, jointly with the masks.
 """
 
@@ -60,11 +61,15 @@ def augment_view(keys: jax.Array, images: jax.Array, cfg: Mapping[str, Any],
 
   Args:
     keys: `[B]` PRNG keys, one per image.
-    images: float `[B, H, W, 3]` in [0, 1].
+    images: `[B, H, W, 3]`: uint8 (the input pipeline's views, 0-255, taken
+      to float32 x / 255 here) or float in [0, 1].
     cfg: the config's `augment` fields (probabilities are pairs per view).
     view: 0 for the first view, 1 for the second.
 
   Returns:
-    float `[B, H, W, 3]` in [0, 1], same dtype as `images`.
+    float `[B, H, W, 3]` in [0, 1]: float32 for uint8 `images`, else their
+    dtype.
   """
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.
   return jax.vmap(lambda k, x: _augment_image(k, x, cfg, view))(keys, images)

@@ -570,6 +570,17 @@ def _resize_image(image, image_size):
   return tf.clip_by_value(image / 255., 0., 1.)
 
 
+def _resize_uint8(image, image_size):
+  """uint8 `[h, w, 3]` -> uint8 `[S, S, 3]`, bicubic, rounded and clipped.
+
+  The pretraining views stay in bytes until the device (a quarter of the
+  float32 copies, batch and transfer; `augment.augment_view` scales them to
+  [0, 1]); each pixel is within half a grey level of `_resize_image`'s.
+  """
+  image = tf.image.resize(image, [image_size, image_size], 'bicubic')
+  return tf.saturate_cast(image + 0.5, tf.uint8)
+
+
 def _window_and_flip(seed, height, width):
   """One view's crop window (y, x, h, w: int32 `[4]`) and flip (bool)."""
   crop_seed, flip_seed = tf.unstack(
@@ -597,7 +608,7 @@ def _nearest_rows(size, image_size):
   return tf.minimum(tf.cast(rows, tf.int32), size - 1)
 
 
-def _view(image, masks, window, flip, image_size):
+def _view(image, masks, window, flip, image_size, resize=_resize_uint8):
   """A view's crop of the image and of its masks, flipped together, resized.
 
   Args:
@@ -606,15 +617,16 @@ def _view(image, masks, window, flip, image_size):
     window: int32 `[4]`, the crop (y, x, h, w) in the whole image.
     flip: bool scalar, whether to flip left-right.
     image_size: S.
+    resize: the image's bicubic resize, `_resize_uint8` (pretraining) or
+      `_resize_image` (float32 in [0, 1], evaluation).
 
   Returns:
-    (float32 `[S, S, 3]` in [0, 1], the image flipped then resized bicubic;
-    int32 `[S, S, n]`, the masks cropped, flipped and resized nearest
-    neighbour in one gather of their rows and columns, or None).
+    (`[S, S, 3]`, the image flipped then resized by `resize`; int32 `[S, S,
+    n]`, the masks cropped, flipped and resized nearest neighbour in one
+    gather of their rows and columns, or None).
   """
-  image = _resize_image(
-      tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
-      image_size)
+  image = resize(tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
+                 image_size)
   if masks is None:
     return image, None
   rows = window[0] + _nearest_rows(window[2], image_size)
@@ -636,14 +648,15 @@ def _random_view(parsed, seed, image_size):
   """
   window, flip = _window_and_flip(seed, parsed['height'], parsed['width'])
   return _view(_decode_and_crop(parsed['image'], window),
-               parsed.get('masks'), window, flip, image_size)
+               parsed.get('masks'), window, flip, image_size, _resize_image)
 
 
 def two_views(parsed, seed, image_size):
   """The two augmented views of one image and its masks (docs/method.md).
 
   Each view draws its crop window and flip from its half of `seed`
-  (`stateless_split(seed, 2)`), exactly as `_random_view` would. The image
+  (`stateless_split(seed, 2)`), exactly as `_random_view` would (whose
+  images are float32; these are bytes, `_resize_uint8`). The image
   is decoded once, over the smallest window that holds both crops (for a
   JPEG, only that window), and both crops are cut from it, with the pixels
   of the whole image's decode. (Decoding a view's window on its own gives
@@ -657,8 +670,8 @@ def two_views(parsed, seed, image_size):
     image_size: S, the side of the square views in pixels.
 
   Returns:
-    (view1, view2, masks1, masks2): float32 `[S, S, 3]` in [0, 1]; int32
-    `[S, S, n]`, or None when `parsed` has no masks.
+    (view1, view2, masks1, masks2): uint8 `[S, S, 3]` (`_resize_uint8`);
+    int32 `[S, S, n]`, or None when `parsed` has no masks.
   """
   height, width = parsed['height'], parsed['width']
   (window1, flip1), (window2, flip2) = (
@@ -789,7 +802,9 @@ def make_pretrain_dataset(
 
   Returns:
     A dataset of dicts, with L = local_devices, B = per_device_batch:
-      `view1`, `view2`: float32 `[L, B, S, S, 3]` in [0, 1];
+      `view1`, `view2`: uint8 `[L, B, S, S, 3]`, the bicubic resize rounded
+        (`augment.augment_view` takes them to float32 in [0, 1] on the
+        device);
       `fh_segmentations1`, `fh_segmentations2`: int32 `[L, B, S, S, n]`, the
         mask ids of each view (n = masks per record, or 1; 1 for 'grid');
       `labels`: int32 `[L, B]`, 0-based (record label - 1; -1: no class).

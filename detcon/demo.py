@@ -484,7 +484,7 @@ def draw_views(paths: Paths, settings: Settings) -> None:
   for i in range(n):
     row = []
     for v, (crops, augmented, fh, cell_ids, sampled) in enumerate(views):
-      crop = _to_uint8(crops[i])
+      crop = crops[i]  # The pipeline's uint8 view.
       mask = (0.4 * crop + 0.6 * id_colours(fh[i])).astype(np.uint8)
       cells, labels = _cells_tile(crop, cell_ids[i],
                                   set(sampled[i].tolist()), grid)

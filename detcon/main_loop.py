@@ -199,8 +199,8 @@ def mock_batches(config, local_devices: int, per_device: int,
 
     labels = (rng.integers(0, config.num_classes, n, dtype=np.int32)
               if config.num_classes else np.full(n, -1, np.int32))
-    batch = dict(view1=rng.random((n, s, s, 3), np.float32),
-                 view2=rng.random((n, s, s, 3), np.float32),
+    batch = dict(view1=rng.integers(0, 256, (n, s, s, 3), np.uint8),
+                 view2=rng.integers(0, 256, (n, s, s, 3), np.uint8),
                  fh_segmentations1=blocks().astype(np.int32),
                  fh_segmentations2=blocks().astype(np.int32),
                  labels=labels)

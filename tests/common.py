@@ -93,8 +93,10 @@ def fixed_batch(batch_size, image_size=64, seed=0, num_ids=5):
     return np.kron(coarse, np.ones((s // 4, s // 4), np.int64))[
         ..., None].astype(np.int32)
 
-  return dict(view1=rng.random((1, batch_size, s, s, 3), np.float32),
-              view2=rng.random((1, batch_size, s, s, 3), np.float32),
+  def views():
+    return rng.integers(0, 256, (1, batch_size, s, s, 3), np.uint8)
+
+  return dict(view1=views(), view2=views(),
               fh_segmentations1=masks(), fh_segmentations2=masks(),
               labels=rng.integers(0, 4, (1, batch_size)).astype(np.int32))
 

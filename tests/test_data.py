@@ -88,8 +88,8 @@ def test_pretrain_batch_shapes_dtypes_labels(photos):
     lead = (n_devices, per_device)
     for k in ('view1', 'view2'):
       assert batch[k].shape == (*lead, size, size, 3)
-      assert batch[k].dtype == np.float32
-      assert 0 <= batch[k].min() and batch[k].max() <= 1
+      assert batch[k].dtype == np.uint8  # Scaled on the device.
+      assert batch[k].max() > batch[k].min()  # Pixels, not a constant.
     assert batch['labels'].shape == lead
     assert batch['labels'].dtype == np.int32
     for k in ('fh_segmentations1', 'fh_segmentations2'):
@@ -162,7 +162,7 @@ def test_views_and_masks_crop_and_flip_together(tmp_path):
         # pixel, i.e. < 255 / 71 levels of G); a flip of only one of them
         # would be off by up to 255 levels.
         expected = np.stack([xs / (width - 1), ys / (height - 1)], -1)
-        error = np.abs(img[1:-1, 1:-1, :2] - expected[1:-1, 1:-1])
+        error = np.abs(img[1:-1, 1:-1, :2] / 255 - expected[1:-1, 1:-1])
         assert error.max() < 6 / 255
         assert error.mean() < 2.5 / 255
   assert 0 < sum(flips) < len(flips)

@@ -14,15 +14,27 @@ import pytest
 from absl import flags
 from PIL import Image
 
+from detcon import augment, optim, records, train
 from detcon import main_loop as loop
-from detcon import optim, records, train
 from detcon.configs import coco, detcon_b, detcon_s
 from tests.common import fixed_batch, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
+def test_augment_view_takes_the_pipelines_uint8_views_to_unit_floats():
+  images = fixed_batch(3, image_size=32)['view1'][0]  # uint8 [3, 32, 32, 3].
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  cfg = detcon_b.get_config().augment.to_dict()
+  as_float = images.astype(np.float32) / 255
+  for view in (0, 1):
+    out = augment.augment_view(keys, images, cfg, view)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(
+        out, augment.augment_view(keys, as_float, cfg, view))
+  nothing = {**cfg, **{k: (0., 0.) for k in cfg if k.endswith('_prob')}}
+  np.testing.assert_array_equal(
+      augment.augment_view(keys, images, nothing, 0), as_float)
 
 
 def run_subprocess(code, env_extra=None, args=()):
