@@ -84,6 +84,85 @@ def test_masked_crc32c_against_its_definition():
         data_bytes)
 
 
+def _stream(paths, start, n, **kwargs):
+  ds = data.make_pretrain_dataset(paths, per_device_batch=2, local_devices=1,
+                                  image_size=32, seed=3, start=start,
+                                  **kwargs)
+  return [b for _, b in zip(range(n), ds.as_numpy_iterator(), strict=False)]
+
+
+@pytest.mark.parametrize('process_index,process_count', [(0, 1), (0, 2),
+                                                         (1, 2)])
+def test_a_stream_started_at_k_continues_the_stream(photos, process_index,  # noqa: F811
+                                                    process_count):
+  directory, _ = photos
+  paths = data.find_shards(directory, 'train')
+  share = dict(process_index=process_index, process_count=process_count)
+  whole = _stream(paths, 0, 7, **share)  # Several epochs of 6 or 3 records.
+  resumed = _stream(paths, 6, 4, **share)  # From the 4th batch (element 6).
+  for a, b in zip(whole[3:], resumed, strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # Every epoch of a process holds each of its records once.
+  labels = np.concatenate([b['labels'].ravel() for b in whole])
+  length = len(PHOTOS) // process_count
+  for epoch in range(len(labels) // length):
+    chunk = labels[epoch * length:(epoch + 1) * length]
+    assert len(set(chunk)) == length
+
+
+def test_the_two_processes_share_each_epoch(photos):  # noqa: F811
+  directory, _ = photos
+  paths = data.find_shards(directory, 'train')
+  labels = [np.concatenate([b['labels'].ravel() for b in _stream(
+      paths, 0, 3, process_index=p, process_count=2)]) for p in range(2)]
+  for epoch in range(2):
+    both = np.concatenate([x[epoch * 3:(epoch + 1) * 3] for x in labels])
+    assert sorted(both) == list(range(len(PHOTOS)))
+
+
+def _state(**changes):
+  paths = ['/d/train-00000-of-00002', '/d/train-00001-of-00002']
+  settings = dict(seed=1, process_count=2, process_batch=4, masks='fh',
+                  origin=0)
+  counts = changes.pop('counts', [5, 5])
+  settings.update(changes)
+  return record_order.input_state(paths, counts, **settings)
+
+
+def test_resume_origin_same_settings_continue_others_restart_an_epoch():
+  saved = _state(origin=3)
+  # Same settings (from another folder): the saved origin.
+  assert record_order.resume_origin(saved, _state(), step=7) == 3
+  # 10 records over 2 processes: epochs of 5; the saved run was at element
+  # 3 + 7 * 4 = 31, epoch 6: the new stream starts at element 35 (epoch 7).
+  new = _state(seed=2)
+  origin = record_order.resume_origin(saved, new, step=7)
+  assert origin + 7 * 4 == 35
+  # Another batch: the same epoch boundary, reached with 8 images a step.
+  new = _state(process_batch=8)
+  assert record_order.resume_origin(saved, new, step=7) + 7 * 8 == 35
+  # No saved state: the position is taken as 7 steps of the new settings
+  # (element 28, epoch 5): the next epoch starts at 30.
+  assert record_order.resume_origin(None, _state(), step=7) + 28 == 30
+  assert record_order.resume_origin(None, _state(), step=0) == 0  # Fresh.
+
+
+def test_changes_name_each_setting_and_both_values():
+  saved = _state()
+  assert record_order.changes(saved, _state()) == []
+  assert record_order.changes(saved, _state(seed=5)) == ['seed: 1 -> 5']
+  assert record_order.changes(saved, _state(process_count=4)) == [
+      'process_count: 2 -> 4']
+  assert record_order.changes(saved, _state(masks='slic')) == [
+      'masks: fh -> slic']
+  files, records = record_order.changes(saved, _state(counts=[5, 6]))
+  assert files.startswith('train files (name:records): 1 gone')
+  assert 'train-00001-of-00002:5' in files
+  assert 'train-00001-of-00002:6' in files
+  assert records == 'records: 10 -> 11'
+
+
 @pytest.mark.parametrize('remote', [False, True])
 def test_a_damaged_record_reads_as_none(tmp_path, remote):
   path = str(tmp_path / 'records')
