@@ -52,6 +52,8 @@ from PIL import Image
 from bench import machine
 from detcon import data, record_order, records, sample_data
 
+_IMAGENET_SHARD_BYTES = 140e6  # ImageNet's train shards: 1024 of ~140 MB.
+
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'View side, pixels.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
 _NUM_IMAGES = flags.DEFINE_integer(
@@ -75,7 +77,6 @@ _PEAK_TFLOPS = flags.DEFINE_float(
 _MFU = flags.DEFINE_float('mfu', 0.35, 'Model FLOPs utilisation, 0 to 1.')
 _CORES_PER_GPU = flags.DEFINE_integer('cores_per_gpu', 16,
                                       'CPU cores per GPU.')
-_IMAGENET_SHARD_BYTES = 140e6  # ImageNet's train shards: 1024 of ~140 MB.
 _GFLOP_PER_IMAGE = flags.DEFINE_float(
     'gflop_per_image', 0, 'Train step GFLOP per image; 0: XLA\'s count of '
     'the DetCon-B ResNet-50 step at --image_size (about a minute).')
@@ -240,9 +241,9 @@ def _read_costs(paths, directory, records=400):
     with tf.io.TFRecordWriter(big) as writer:
       written = 0
       while written < _IMAGENET_SHARD_BYTES:
-        for serialized in tf.data.TFRecordDataset(paths):
-          writer.write(serialized.numpy())
-          written += len(serialized.numpy()) + 16
+        for serialized in tf.data.TFRecordDataset(paths).as_numpy_iterator():
+          writer.write(serialized)
+          written += len(serialized) + 16
   costs = {}
   for shards, files in ((f'{len(paths)} x {_mb(paths):.1f} MB', paths),
                         (f'1 x {_mb([big]):.0f} MB', [big])):
