@@ -36,7 +36,7 @@ def test_bn_eps_is_the_same_through_every_entry_point(bn_eps_checkpoint,
   assert frozen.bn_eps == BN_EPS and frozen.encoder == 'ResNet18'
   want = np.asarray(backbone.feature_map_fn(frozen)(images))
   # The same weights with the default eps compute other features.
-  default = backbone.Backbone('ResNet18', 1, 1e-5, frozen.params,
+  default = backbone.Backbone('ResNet18', 0.25, 1e-5, frozen.params,
                               frozen.state, 'default eps')
   assert np.abs(np.asarray(backbone.feature_map_fn(default)(images))
                 - want).max() > 1e-3 * np.abs(want).max()

@@ -246,9 +246,16 @@ def _network(config, fill=7.0):
   return jax.tree.map(lambda s: np.full(s.shape, fill, s.dtype), shapes)
 
 
+def _full_width_config():
+  """`common.tiny_config` at width 1, the released files' width."""
+  config = common.tiny_config()
+  config.model.width_multiplier = 1
+  return config
+
+
 def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
   pretrained = pretrained_lib.pretrained_from_dict(_r18(seed=3), what='r18.npy')
-  config = common.tiny_config()  # num_classes 4: the file has 1000.
+  config = _full_width_config()  # num_classes 4: the file has 1000.
   params, state = _network(config)
   with caplog.at_level(logging.WARNING):
     new_params, new_state = pretrained_lib.init_from_pretrained(params, state,
@@ -280,7 +287,7 @@ def test_init_from_pretrained_replaces_encoder_and_heads(caplog):
 ])
 def test_init_from_pretrained_names_the_config_to_fix(field, value, message):
   pretrained = pretrained_lib.pretrained_from_dict(_r18(random=False))
-  config = common.tiny_config()
+  config = _full_width_config()
   config.model[field] = value
   with pytest.raises(ValueError, match='wrong shape') as error:
     pretrained_lib.init_from_pretrained(*_network(config), pretrained)
@@ -329,6 +336,7 @@ def test_main_loop_init_from_starts_from_the_file(tmp_path):
   ckpt = str(tmp_path / 'ckpt')
   result = subprocess.run(
       [sys.executable, '-m', 'detcon.main_loop', *common.TINY,
+       '--config.model.width_multiplier=1',  # The file's width.
        '--config.mock_data=true', '--max_steps=1', f'--checkpoint_dir={ckpt}',
        f'--config.init_from={path}', '--config.optimizer.base_learning_rate=0'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
