@@ -85,6 +85,23 @@ def records(tmp_path_factory):
   return _once(tmp_path_factory, 'e2e', _records)
 
 
+@pytest.fixture(scope='session')
+def pretrained_run(records, tmp_path_factory):
+  """One pretraining run on `records['png']` with `common.TINY`, from step 0
+  to `common.PRETRAINED_STEPS`: (checkpoint folder, the run's stderr). The
+  tests of what a run writes read it; resumed runs must end bitwise equal to
+  it. Tests that train on from it work on a copy."""
+
+  def build(folder):
+    ckpt = folder / 'ckpt'
+    result = common.main_loop(f'--max_steps={common.PRETRAINED_STEPS}',
+                              f'--dataset_directory={records["png"]}',
+                              f'--checkpoint_dir={ckpt}')
+    return str(ckpt), result.stderr
+
+  return _once(tmp_path_factory, 'pretrained', build)
+
+
 def _photos(directory):
   examples, masks_by_label = [], {}
   for i, (name, h, w, fmt, encoding) in enumerate(common.PHOTOS):

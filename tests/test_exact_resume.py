@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from detcon import checkpoint, main_loop
-from tests.common import REPO, TINY, free_port, python
-
-STEPS = 5  # 12 records, batch 4: the runs cross epoch boundaries.
+from tests.common import PRETRAINED_STEPS as STEPS
+from tests.common import REPO, TINY, free_port, last_json, python
 
 
 def _args(records, ckpt, *extra):
@@ -37,11 +36,10 @@ def _assert_same_final_state(ckpt, want):
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(records, tmp_path_factory):
-  ckpt = tmp_path_factory.mktemp('whole') / 'ckpt'
-  result = python(*_args(records, ckpt))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return ckpt, checkpoint.restore_latest(str(ckpt))
+def uninterrupted(pretrained_run):
+  """The shared run: `_args` from step 0 to STEPS, never stopped."""
+  ckpt, _ = pretrained_run
+  return ckpt, checkpoint.restore_latest(ckpt)
 
 
 def _start_and_stop(args, after_line, stop):
@@ -125,8 +123,13 @@ def test_a_changed_network_stops_with_both_values(records, uninterrupted,
 
 def test_another_dataset_is_named(records, uninterrupted, tmp_path):
   ckpt, _ = _copy(uninterrupted, tmp_path)
-  result = python(*_args(dict(png=records['raw']), ckpt, '--library_logs'))
+  # One more step, on the original release's raw mask layout.
+  result = python(*_args(dict(png=records['raw']), ckpt, '--library_logs',
+                         f'--max_steps={STEPS + 1}'))
   assert result.returncode == 0, result.stderr[-3000:]
+  metrics = last_json(result)
+  assert np.isfinite(metrics['loss']) and metrics['repr_loss'] > 0
+  assert f'/{STEPS + 1} [' not in result.stderr  # No bar on a pipe.
   # --library_logs shows orbax's INFO lines and JAX's backend probing.
   assert 'Restoring checkpoint from' in result.stderr
   assert "Unable to initialize backend 'tpu'" in result.stderr
