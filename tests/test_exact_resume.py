@@ -127,6 +127,7 @@ def test_another_dataset_is_named(records, uninterrupted, tmp_path):
   result = python(*_args(dict(png=records['raw']), ckpt, '--library_logs',
                          f'--max_steps={STEPS + 1}'))
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
   metrics = last_json(result)
   assert np.isfinite(metrics['loss']) and metrics['repr_loss'] > 0
   assert f'/{STEPS + 1} [' not in result.stderr  # No bar on a pipe.

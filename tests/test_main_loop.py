@@ -1,4 +1,5 @@
-"""End to end: real photos -> mask script -> pretraining, resume, multi-host."""
+"""End to end: what a run writes, multi-process and cluster runs, the
+command's errors and help (resuming: test_exact_resume)."""
 
 import json
 import os
