@@ -37,6 +37,7 @@ ARMS = (
     dense_study.Arm('DetCon-S', 'fh', 'detcon_s'),
 )
 COMPARISONS = (('DetCon-B FH', 'DetCon-B grid'),
+               ('DetCon-B SLIC', 'DetCon-B FH'),
                ('DetCon-B ground truth', 'DetCon-B FH'),
                ('DetCon-S', 'SimCLR'))
 
