@@ -52,6 +52,13 @@ def main_loop(*args, env=None):
   return result
 
 
+def two_devices_env():
+  """This process's environment, its XLA_FLAGS kept, with two CPU devices."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  return dict(os.environ,
+              XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count=2')
+
+
 def last_json(result):
   """The JSON object on the last line of a command's stdout."""
   return json.loads(result.stdout.strip().splitlines()[-1])

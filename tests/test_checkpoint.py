@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from detcon import checkpoint, train
-from tests.common import tiny_config
+from tests.common import tiny_config, two_devices_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +72,7 @@ def test_restore_on_host_from_two_device_checkpoint(tmp_path):
   code = textwrap.dedent(f'''
       import jax
       from detcon import checkpoint, train
-      from tests.common import tiny_config
+      from tests.common import tiny_config, two_devices_env
       assert jax.device_count() == 2
       config = tiny_config()
       optimizer, _ = train.make_optimizer(config, 10, 1)
@@ -83,8 +83,7 @@ def test_restore_on_host_from_two_device_checkpoint(tmp_path):
       checkpoint.save(manager, state, config)
       manager.wait_until_finished()
   ''')
-  env = dict(os.environ, PYTHONPATH=REPO,
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(two_devices_env(), PYTHONPATH=REPO)
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -349,6 +349,6 @@ def test_main_loop_init_from_starts_from_the_file(tmp_path):
       np.testing.assert_array_equal(restored['params'][module][name], value,
                                     err_msg=f'{module}/{name}')
       if module.split('/')[0] in ('encoder', 'projector'):
-        np.testing.assert_array_equal(
-            restored['target_params'][module][name], value,
-            err_msg=f'target {module}/{name}')
+        # The step's EMA, tau x w + (1 - tau) x w, is w up to its rounding.
+        np.testing.assert_array_max_ulp(
+            restored['target_params'][module][name], value, maxulp=1)

@@ -17,7 +17,7 @@ from PIL import Image
 from detcon import augment, optim, records, train
 from detcon import main_loop as loop
 from detcon.configs import coco, detcon_b, detcon_s
-from tests.common import fixed_batch, tiny_config
+from tests.common import fixed_batch, tiny_config, two_devices_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +37,8 @@ def test_augment_view_takes_the_pipelines_uint8_views_to_unit_floats():
       augment.augment_view(keys, images, nothing, 0), as_float)
 
 
-def run_subprocess(code, env_extra=None, args=()):
-  env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))
+def run_subprocess(code, env=None, args=()):
+  env = dict(env or os.environ, PYTHONPATH=REPO)
   return subprocess.run([sys.executable, *args] if not code else
                         [sys.executable, '-c', code], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900)
@@ -106,8 +106,7 @@ def test_two_devices_equal_one_device():
                 rtol=1e-5, atol=1e-7)
       print('EQUAL')
   ''')
-  result = run_subprocess(code, {
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  result = run_subprocess(code, two_devices_env())
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'EQUAL' in result.stdout
 
@@ -183,8 +182,8 @@ def test_classifier_metrics_ignore_unlabelled_images():
   np.testing.assert_array_equal(none['classif_loss'], 0.0)
 
 
-def main_loop(*args, env_extra=None):
-  return run_subprocess(None, env_extra, ('-m', 'detcon.main_loop', *args))
+def main_loop(*args, env=None):
+  return run_subprocess(None, env, ('-m', 'detcon.main_loop', *args))
 
 
 def test_missing_dataset_directory_says_how_to_make_it(tmp_path):
@@ -196,10 +195,9 @@ def test_missing_dataset_directory_says_how_to_make_it(tmp_path):
 
 
 def test_batch_size_must_divide_over_devices():
-  two_devices = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   result = main_loop('--config.mock_data=True', '--batch_size=3',
                      '--encoder=ResNet18', '--image_size=64',
-                     env_extra=two_devices)
+                     env=two_devices_env())
   assert result.returncode != 0
   assert 'does not divide over the 2 devices' in result.stderr
 
