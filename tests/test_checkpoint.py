@@ -72,7 +72,7 @@ def test_restore_on_host_from_two_device_checkpoint(tmp_path):
   code = textwrap.dedent(f'''
       import jax
       from detcon import checkpoint, train
-      from tests.common import tiny_config, two_devices_env
+      from tests.common import tiny_config
       assert jax.device_count() == 2
       config = tiny_config()
       optimizer, _ = train.make_optimizer(config, 10, 1)
