@@ -405,20 +405,18 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
 
   mesh = train.make_mesh()
   optimizer, schedule = train.make_optimizer(config, total, warmup)
-  state = train.replicate(
-      train.init_state(config, jax.random.PRNGKey(config.seed), optimizer),
-      mesh)
-  manager, saved_input = None, None
+  manager, saved_input, state = None, None, None
   if config.checkpoint_dir:
     manager = checkpoint.make_manager(config.checkpoint_dir,
                                       config.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:
-      # Before the state: a changed network would not fit the checkpoint.
+      # Before any network is built: a changed one would not fit.
       changed = resume.check(
           checkpoint.restore_saved(manager, latest, 'config') or {}, config,
           latest)
-      state = checkpoint.restore_latest_state(manager, state)
+      state = checkpoint.restore_latest_state(
+          manager, train.state_like(config, optimizer, mesh))
       saved_input = checkpoint.restore_saved(manager, latest, 'input')
       logging.info('Resumed from step %d of %s.%s', latest,
                    config.checkpoint_dir,
@@ -426,6 +424,10 @@ def run(config, progress_bar: bool = False) -> dict[str, float]:
     else:
       logging.info('No checkpoint in %s: starting from step 0.',
                    config.checkpoint_dir)
+  if state is None:
+    state = train.replicate(
+        train.init_state(config, jax.random.PRNGKey(config.seed), optimizer),
+        mesh)
   step = int(state.step)
   if config.mock_data:
     batches = mock_batches(config, local_devices, per_device, step)

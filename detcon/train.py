@@ -191,17 +191,8 @@ def make_optimizer(config, total_steps: int, warmup_steps: int):
   return optim.lars(schedule, o.weight_decay, o.eta, o.momentum), schedule
 
 
-def init_state(config, rng: jax.Array, optimizer) -> TrainState:
-  """Initialises online, target and optimiser state (jitted, on one device).
-
-  The target network (objectives with one) follows `config.target_init`:
-  'independent' (the original's) initialises its encoder and projector with
-  a key of its own, and the EMA then draws it towards the online network;
-  'copy' starts it equal to the online encoder and projector. Without a
-  target network the target fields are empty dicts. With
-  `config.init_from`, online and target networks both start from that file
-  (`pretrained_lib.init_from_pretrained`).
-  """
+def _fresh_state_fn(config, optimizer) -> Callable[[jax.Array], TrainState]:
+  """The jitted `rng -> TrainState` of freshly initialised networks."""
   check_config(config)
   net = make_network(config, axis_name=None)
   size, k = config.image_size, config.detcon.num_samples
@@ -227,10 +218,38 @@ def init_state(config, rng: jax.Array, optimizer) -> TrainState:
         target_state=jax.tree.map(jnp.copy, target_state),
         opt_state=optimizer.init(params), rng=init_rng)
 
-  ts = init(rng)
+  return init
+
+
+def init_state(config, rng: jax.Array, optimizer) -> TrainState:
+  """Initialises online, target and optimiser state (jitted, on one device).
+
+  The target network (objectives with one) follows `config.target_init`:
+  'independent' (the original's) initialises its encoder and projector with
+  a key of its own, and the EMA then draws it towards the online network;
+  'copy' starts it equal to the online encoder and projector. Without a
+  target network the target fields are empty dicts. With
+  `config.init_from`, online and target networks both start from that file
+  (`pretrained_lib.init_from_pretrained`).
+  """
+  ts = _fresh_state_fn(config, optimizer)(rng)
   if config.init_from:
     ts = _from_pretrained(ts, config, optimizer)
   return ts
+
+
+def state_like(config, optimizer, mesh) -> TrainState:
+  """`init_state`'s structure as `jax.ShapeDtypeStruct`s replicated on `mesh`.
+
+  What a checkpoint is restored into: shapes and dtypes only, so nothing
+  is initialised (or read from `config.init_from`) to be overwritten.
+  """
+  shapes = jax.eval_shape(_fresh_state_fn(config, optimizer),
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes)
 
 
 def _from_pretrained(ts: TrainState, config, optimizer) -> TrainState:

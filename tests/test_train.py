@@ -159,6 +159,15 @@ def test_train_state_holds_target_subset():
     for k in p:
       np.testing.assert_array_equal(p[k], state.params[name][k])
   assert state.target_state.keys() == train.target_subset(state.state).keys()
+  # What a resume restores into: the same tree, shapes and dtypes, placed on
+  # the mesh, without computing a state.
+  like = train.state_like(config, optimizer, train.make_mesh())
+  assert jax.tree.structure(like) == jax.tree.structure(state)
+  for got, want in zip(jax.tree.leaves(like), jax.tree.leaves(state),
+                       strict=True):
+    assert isinstance(got, jax.ShapeDtypeStruct)
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    assert got.sharding.mesh.devices.size == jax.device_count()
 
 
 def test_classifier_metrics_ignore_unlabelled_images():
