@@ -20,7 +20,7 @@ from PIL import Image
 from skimage import data as skdata
 from skimage import segmentation, transform
 
-from detcon import networks, records, voc
+from detcon import checkpoint, networks, records, voc
 from detcon.configs import detcon_b
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,26 @@ TINY = ('--encoder=ResNet18', '--config.model.width_multiplier=0.25',
 # Steps of the shared TINY run on real records (conftest's `pretrained_run`):
 # with 12 records at batch 4 it crosses epoch boundaries.
 PRETRAINED_STEPS = 5
+
+
+def pretrain_args(records_dir, ckpt, *extra):
+  """`python` arguments of the shared TINY run (conftest's `pretrained_run`)
+  on the records in `records_dir`, saving to `ckpt`, then `extra`."""
+  return ('-m', 'detcon.main_loop', *TINY, f'--max_steps={PRETRAINED_STEPS}',
+          f'--dataset_directory={records_dir}', f'--checkpoint_dir={ckpt}',
+          *extra)
+
+
+def assert_same_final_state(ckpt, want):
+  """The newest checkpoint in `ckpt` is step PRETRAINED_STEPS and bitwise
+  `want`'s (a `checkpoint.restore_latest` result): online and target
+  networks and BatchNorm state."""
+  got = checkpoint.restore_latest(str(ckpt))
+  assert got['step'] == want['step'] == PRETRAINED_STEPS
+  keys = ('params', 'state', 'target_params')
+  for a, b in zip(jax.tree.leaves({k: want[k] for k in keys}),
+                  jax.tree.leaves({k: got[k] for k in keys}), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def python(*args, env=None, timeout=900, **kwargs):

@@ -106,9 +106,8 @@ def pretrained_run(records, tmp_path_factory):
 
   def build(folder):
     ckpt = folder / 'ckpt'
-    result = common.main_loop(f'--max_steps={common.PRETRAINED_STEPS}',
-                              f'--dataset_directory={records["png"]}',
-                              f'--checkpoint_dir={ckpt}')
+    result = common.python(*common.pretrain_args(records['png'], ckpt))
+    assert result.returncode == 0, result.stderr[-3000:]
     return str(ckpt), result.stderr
 
   return _once(tmp_path_factory, 'pretrained', build)

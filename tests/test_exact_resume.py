@@ -1,43 +1,30 @@
 """A stopped and resumed pretraining run ends bitwise where an uninterrupted
-one ends: the parameters, the data order, the crops (real records, CPU)."""
+one ends: the parameters, the data order, the crops (real records, CPU).
+Two processes that stop and resume together: test_two_process_resume."""
 
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
 
 from detcon import checkpoint, main_loop
 from tests.common import PRETRAINED_STEPS as STEPS
-from tests.common import REPO, TINY, free_port, last_json, python
-
-
-def _args(records, ckpt, *extra):
-  return ('-m', 'detcon.main_loop', *TINY, f'--max_steps={STEPS}',
-          f'--dataset_directory={records["png"]}', f'--checkpoint_dir={ckpt}',
-          *extra)
-
-
-def _leaves(saved):
-  return jax.tree.leaves({k: saved[k] for k in ('params', 'state',
-                                                'target_params')})
-
-
-def _assert_same_final_state(ckpt, want):
-  got = checkpoint.restore_latest(str(ckpt))
-  assert got['step'] == want['step'] == STEPS
-  for a, b in zip(_leaves(want), _leaves(got), strict=True):
-    np.testing.assert_array_equal(a, b)
+from tests.common import (
+  REPO,
+  assert_same_final_state,
+  last_json,
+  pretrain_args,
+  python,
+)
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(pretrained_run):
-  """The shared run: `_args` from step 0 to STEPS, never stopped."""
+  """The shared run: `pretrain_args` from step 0 to STEPS, never stopped."""
   ckpt, _ = pretrained_run
   return ckpt, checkpoint.restore_latest(ckpt)
 
@@ -59,31 +46,31 @@ def _start_and_stop(args, after_line, stop):
 def test_signal_at_a_step_then_resume_equals_uninterrupted(
     records, uninterrupted, tmp_path, sig):
   ckpt = tmp_path / 'ckpt'
-  status, err = _start_and_stop(_args(records, ckpt), '] step 2:',
-                                lambda p: p.send_signal(sig))
+  status, err = _start_and_stop(pretrain_args(records['png'], ckpt),
+                                '] step 2:', lambda p: p.send_signal(sig))
   assert f'{sig.name} received' in err
   assert status == main_loop.EXIT_STOPPED_EARLY, err[-3000:]
   stopped = checkpoint.restore_latest(str(ckpt))['step']
   assert 2 <= stopped < STEPS
-  resumed = python(*_args(records, ckpt))
+  resumed = python(*pretrain_args(records['png'], ckpt))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resumed from step {stopped}' in resumed.stderr
   assert f'for {STEPS} steps (--max_steps={STEPS};' in resumed.stderr
   assert (f'data continues at element {4 * stopped} of this process'
           in resumed.stderr)
-  _assert_same_final_state(ckpt, uninterrupted[1])
+  assert_same_final_state(ckpt, uninterrupted[1])
 
 
 def test_kill_after_a_periodic_save_then_resume_equals_uninterrupted(
     records, uninterrupted, tmp_path):
   ckpt = tmp_path / 'ckpt'
-  args = _args(records, ckpt, '--save_checkpoint_interval=0')
+  args = pretrain_args(records['png'], ckpt, '--save_checkpoint_interval=0')
   status, _ = _start_and_stop(args, '] step 3:', lambda p: p.kill())
   assert status == -signal.SIGKILL
   resumed = python(*args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from step' in resumed.stderr
-  _assert_same_final_state(ckpt, uninterrupted[1])
+  assert_same_final_state(ckpt, uninterrupted[1])
 
 
 def _copy(uninterrupted, tmp_path):
@@ -94,8 +81,9 @@ def _copy(uninterrupted, tmp_path):
 def test_a_changed_input_says_what_changed_and_restarts_an_epoch(
     records, uninterrupted, tmp_path):
   ckpt, _ = _copy(uninterrupted, tmp_path)
-  result = python(*_args(records, ckpt, '--config.seed=5', '--batch_size=8',
-                         '--config.masks=grid'))  # Nothing left to train.
+  # Nothing left to train.
+  result = python(*pretrain_args(records['png'], ckpt, '--config.seed=5',
+                                 '--batch_size=8', '--config.masks=grid'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'The input differs from the checkpoint' in result.stderr
   for change in ('seed: 0 -> 5', 'process_batch: 4 -> 8',
@@ -109,8 +97,8 @@ def test_a_changed_input_says_what_changed_and_restarts_an_epoch(
 def test_a_changed_network_stops_with_both_values(records, uninterrupted,
                                                   tmp_path):
   ckpt, _ = _copy(uninterrupted, tmp_path)
-  result = python(*_args(records, ckpt, '--encoder=ResNet34',
-                         '--config.objective=byol'))
+  result = python(*pretrain_args(records['png'], ckpt, '--encoder=ResNet34',
+                                 '--config.objective=byol'))
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert ("--config.model.encoder: 'ResNet18' in the checkpoint, 'ResNet34' "
@@ -124,8 +112,8 @@ def test_a_changed_network_stops_with_both_values(records, uninterrupted,
 def test_another_dataset_is_named(records, uninterrupted, tmp_path):
   ckpt, _ = _copy(uninterrupted, tmp_path)
   # One more step, on the original release's raw mask layout.
-  result = python(*_args(dict(png=records['raw']), ckpt, '--library_logs',
-                         f'--max_steps={STEPS + 1}'))
+  result = python(*pretrain_args(records['raw'], ckpt, '--library_logs',
+                                 f'--max_steps={STEPS + 1}'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
   metrics = last_json(result)
@@ -141,7 +129,7 @@ def test_another_dataset_is_named(records, uninterrupted, tmp_path):
   other.mkdir()
   shutil.copy(os.path.join(records['png'], 'train-00000-of-00002'),
               other / 'train-00000-of-00001')
-  result = python(*_args(dict(png=str(other)), ckpt))
+  result = python(*pretrain_args(str(other), ckpt))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Restoring checkpoint from' not in result.stderr  # Quiet default.
   assert "Unable to initialize backend 'tpu'" not in result.stderr
@@ -153,58 +141,9 @@ def test_a_checkpoint_without_input_state_resumes_with_a_warning(
     records, uninterrupted, tmp_path):
   ckpt, step_dir = _copy(uninterrupted, tmp_path)
   shutil.rmtree(os.path.join(step_dir, 'input'))  # As written before.
-  result = python(*_args(records, ckpt, f'--max_steps={STEPS + 1}'))
+  result = python(*pretrain_args(records['png'], ckpt,
+                                 f'--max_steps={STEPS + 1}'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'keeps no input position' in result.stderr
   assert 'data order restarts at the next epoch' in result.stderr
   assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
-
-
-def _two_processes(args, tmp_path, name, stop_after=None):
-  """Runs `args` as two processes on loopback; returns [(status, stderr)].
-
-  With `stop_after`, SIGTERM goes to process 1 only, once process 0 logged
-  a line holding it: both must agree to save and stop after the same step.
-  """
-  address = f'localhost:{free_port()}'
-  logs = [tmp_path / f'{name}-{i}.log' for i in range(2)]
-  procs = []
-  for i, log in enumerate(logs):
-    with open(log, 'w') as f:
-      procs.append(subprocess.Popen(
-          [sys.executable, *args, f'--coordinator_address={address}',
-           '--num_processes=2', f'--process_id={i}'],
-          cwd=REPO, stdout=subprocess.DEVNULL, stderr=f))
-  if stop_after:
-    deadline = time.time() + 600
-    while stop_after not in logs[0].read_text():
-      assert time.time() < deadline and procs[0].poll() is None
-      time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)
-  for p in procs:
-    p.wait(timeout=900)
-  return [(p.returncode, log.read_text()) for p, log in zip(procs, logs,
-                                                             strict=True)]
-
-
-def test_two_processes_stop_together_and_resume_each_on_its_share(
-    records, tmp_path):
-  whole = _two_processes(_args(records, tmp_path / 'whole'), tmp_path,
-                         'whole')
-  assert [status for status, _ in whole] == [0, 0], whole[0][1][-3000:]
-  ckpt = tmp_path / 'ckpt'
-  stopped = _two_processes(_args(records, ckpt), tmp_path, 'stopped',
-                           stop_after='] step 2:')
-  assert [status for status, _ in stopped] == [main_loop.EXIT_STOPPED_EARLY] * 2
-  assert 'SIGTERM received' in stopped[1][1]
-  step = checkpoint.restore_latest(str(ckpt))['step']
-  assert 2 <= step < STEPS
-  assert (f"Stopped by another process's signal at step {step} of {STEPS}"
-          in stopped[0][1])
-  resumed = _two_processes(_args(records, ckpt), tmp_path, 'resumed')
-  for status, err in resumed:
-    assert status == 0, err[-3000:]
-    # Global batch 4 over two processes: 2 elements per process and step.
-    assert f'data continues at element {2 * step} of this process' in err
-  _assert_same_final_state(ckpt, checkpoint.restore_latest(
-      str(tmp_path / 'whole')))
