@@ -37,6 +37,7 @@ from detcon import (
   record_order,
   resume,
   run_lock,
+  tensorboard_events,
   train,
   train_evals,
 )
@@ -508,9 +509,9 @@ def _summary_writer(config, step: int):
   """
   if not config.checkpoint_dir or jax.process_index() != 0:
     return None
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  return SummaryWriter(os.path.join(config.checkpoint_dir, 'tensorboard'),
-                       purge_step=step + 1 if step else None)
+  return tensorboard_events.ScalarWriter(
+      os.path.join(config.checkpoint_dir, 'tensorboard'),
+      purge_step=step + 1 if step else None)
 
 
 def _skipped_records(config) -> int:
@@ -525,9 +526,7 @@ def _log_metrics(step, metrics, writer):
   text = ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items()))
   logging.info('step %d: %s', step, text)
   if writer:
-    for k, v in metrics.items():
-      writer.add_scalar(k, v, step)
-    writer.flush()
+    writer.write(step, metrics)
 
 
 def _note_worker_flags() -> None:
