@@ -150,14 +150,16 @@ def quick_demo(tmp_path_factory):
 
 # The modules that take longest (end-to-end runs that start pretraining
 # processes), slowest first, from `pytest --durations=0` on the 2-core
-# development machine (2026-12-06). xdist hands each worker whole modules
+# development machine (2026-12-07). xdist hands each worker whole modules
 # in collection order (test.sh: --dist loadfile --no-loadscope-reorder), so
 # starting with these leaves short modules for the end instead of one long
 # module running alone. A stale list costs time, never a test.
-_SLOWEST_FIRST = ('test_exact_resume.py', 'test_train.py', 'test_main_loop.py',
-                  'test_train_evals.py', 'test_demo.py',
-                  'test_generate_fh_masks.py', 'test_backbone.py',
-                  'test_released.py', 'test_dense_study.py')
+_SLOWEST_FIRST = ('test_exact_resume.py', 'test_train.py',
+                  'test_two_process_resume.py', 'test_demo.py',
+                  'test_main_loop.py', 'test_generate_fh_masks.py',
+                  'test_train_evals.py', 'test_released.py',
+                  'test_dense_study.py', 'test_backbone.py',
+                  'test_linear_eval.py')
 
 
 def pytest_collection_modifyitems(session, config, items):
