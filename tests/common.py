@@ -15,7 +15,6 @@ import sys
 import haiku as hk
 import jax
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from skimage import data as skdata
 from skimage import segmentation, transform
@@ -197,6 +196,9 @@ def photo_example(image, masks, label, *, fmt='jpeg', encoding='png',
 
 def write_records(path, examples):
   """Writes `examples` to the TFRecord file `path`; returns the path."""
+  # Imported here: the test commands that import this module for a config
+  # or a batch then skip TensorFlow's seconds of import.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with tf.io.TFRecordWriter(str(path)) as writer:
     for example in examples:
       writer.write(example.SerializeToString())

@@ -100,13 +100,15 @@ def records(tmp_path_factory):
 @pytest.fixture(scope='session')
 def pretrained_run(records, tmp_path_factory):
   """One pretraining run on `records['png']` with `common.TINY`, from step 0
-  to `common.PRETRAINED_STEPS`: (checkpoint folder, the run's stderr). The
-  tests of what a run writes read it; resumed runs must end bitwise equal to
-  it. Tests that train on from it work on a copy."""
+  to `common.PRETRAINED_STEPS`, saving after every step (the last three
+  kept): (checkpoint folder, the run's stderr). The tests of what a run
+  writes read it; resumed runs must end bitwise equal to it. Tests that
+  train on from it work on a copy."""
 
   def build(folder):
     ckpt = folder / 'ckpt'
-    result = common.python(*common.pretrain_args(records['png'], ckpt))
+    result = common.python(*common.pretrain_args(
+        records['png'], ckpt, '--save_checkpoint_interval=0'))
     assert result.returncode == 0, result.stderr[-3000:]
     return str(ckpt), result.stderr
 

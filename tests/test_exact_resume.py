@@ -73,9 +73,14 @@ def test_kill_after_a_periodic_save_then_resume_equals_uninterrupted(
   assert_same_final_state(ckpt, uninterrupted[1])
 
 
-def _copy(uninterrupted, tmp_path):
+def _copy(uninterrupted, tmp_path, step=STEPS):
+  """A copy of the shared run's checkpoints up to `step` (it kept the last
+  three): (folder, that step's folder). A copy to STEPS - 1 resumes to
+  take one step with the shared run's compiled program."""
   ckpt = shutil.copytree(uninterrupted[0], tmp_path / 'ckpt')
-  return ckpt, os.path.join(ckpt, str(STEPS))
+  for later in range(step + 1, STEPS + 1):
+    shutil.rmtree(os.path.join(ckpt, str(later)))
+  return ckpt, os.path.join(ckpt, str(step))
 
 
 def test_a_changed_input_says_what_changed_and_restarts_an_epoch(
@@ -110,15 +115,14 @@ def test_a_changed_network_stops_with_both_values(records, uninterrupted,
 
 
 def test_another_dataset_is_named(records, uninterrupted, tmp_path):
-  ckpt, _ = _copy(uninterrupted, tmp_path)
-  # One more step, on the original release's raw mask layout.
-  result = python(*pretrain_args(records['raw'], ckpt, '--library_logs',
-                                 f'--max_steps={STEPS + 1}'))
+  ckpt, _ = _copy(uninterrupted, tmp_path, STEPS - 1)
+  # The last step again, on the original release's raw mask layout.
+  result = python(*pretrain_args(records['raw'], ckpt, '--library_logs'))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
+  assert f'Done: steps {STEPS - 1} -> {STEPS}' in result.stderr
   metrics = last_json(result)
   assert np.isfinite(metrics['loss']) and metrics['repr_loss'] > 0
-  assert f'/{STEPS + 1} [' not in result.stderr  # No bar on a pipe.
+  assert f'/{STEPS} [' not in result.stderr  # No bar on a pipe.
   # --library_logs shows orbax's INFO lines and JAX's backend probing.
   assert 'Restoring checkpoint from' in result.stderr
   assert "Unable to initialize backend 'tpu'" in result.stderr
@@ -139,11 +143,10 @@ def test_another_dataset_is_named(records, uninterrupted, tmp_path):
 
 def test_a_checkpoint_without_input_state_resumes_with_a_warning(
     records, uninterrupted, tmp_path):
-  ckpt, step_dir = _copy(uninterrupted, tmp_path)
+  ckpt, step_dir = _copy(uninterrupted, tmp_path, STEPS - 1)
   shutil.rmtree(os.path.join(step_dir, 'input'))  # As written before.
-  result = python(*pretrain_args(records['png'], ckpt,
-                                 f'--max_steps={STEPS + 1}'))
+  result = python(*pretrain_args(records['png'], ckpt))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'keeps no input position' in result.stderr
   assert 'data order restarts at the next epoch' in result.stderr
-  assert f'Done: steps {STEPS} -> {STEPS + 1}' in result.stderr
+  assert f'Done: steps {STEPS - 1} -> {STEPS}' in result.stderr
