@@ -124,7 +124,8 @@ def make_network(config: ml_collections.ConfigDict,
   Always in training mode (BatchNorm on batch statistics, averaged over
   `axis_name`). The compute dtype (`config.dtype`) holds inside this network
   only: its mixed-precision policies are pushed while it is traced, so other
-  networks of the process (a frozen float32 encoder) are unaffected.
+  networks of the process (a frozen float32 encoder) are unaffected. In
+  float32 no policy is pushed: every cast would be to the dtype at hand.
   """
   m = config.model
   bn = networks.bn_config(m.bn_decay, m.bn_eps, axis_name)
@@ -136,6 +137,8 @@ def make_network(config: ml_collections.ConfigDict,
 
   def precision() -> contextlib.ExitStack:
     scope = contextlib.ExitStack()
+    if config.dtype == 'float32':  # Nothing to cast; tracing is faster.
+      return scope
     for cls, p in ((networks.ResNetEncoder, policy), (networks.MLP, policy),
                    (hk.BatchNorm, bn_policy)):
       scope.enter_context(hk.mixed_precision.push_policy(cls, p))
