@@ -74,7 +74,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from detcon import job_array, mask_methods, record_writer, records
+from detcon import cli, job_array, mask_methods, record_writer, records
 
 _INPUT_LAYOUT = (
     'one sub-folder per class (<dir>/<synset>/..., files at any depth) '
@@ -481,4 +481,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('output_directory')
-  app.run(main)
+  cli.run(main)

@@ -54,7 +54,7 @@ from absl import app, flags, logging
 from PIL import Image
 from skimage import segmentation
 
-from detcon import augment, plots, records, sample_data, train
+from detcon import augment, cli, plots, records, sample_data, train
 from detcon.configs import detcon_b
 from detcon.tools import commands
 
@@ -617,4 +617,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

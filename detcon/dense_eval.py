@@ -55,7 +55,7 @@ from absl import app, flags
 from PIL import Image
 
 from detcon import backbone as backbone_lib
-from detcon import log_setup, voc
+from detcon import cli, log_setup, voc
 
 PROTOCOLS = ('linear', 'nn')
 CROP_AREA = (0.25, 1.0)  # Fraction of the image area of a training crop.
@@ -750,4 +750,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.adopt_module_key_flags(log_setup)  # --library_logs in --help.
-  app.run(main)
+  cli.run(main)

@@ -70,7 +70,7 @@ Usage:
 
 import logging
 
-from detcon import backbone, log_setup, npy_io, torch_export
+from detcon import backbone, cli, log_setup, npy_io, torch_export
 from detcon.npy_io import Tree
 
 
@@ -168,7 +168,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import flags
 
   flags.adopt_module_key_flags(log_setup)  # --library_logs in --help.
   flags.DEFINE_string('checkpoint_dir', None,
@@ -192,4 +192,4 @@ if __name__ == '__main__':
                       'Encoder name (ResNet18 ... ResNet200); empty: the '
                       'checkpoint config model.encoder, or for --npy the one '
                       'its shapes give (checked when set).')
-  app.run(main)
+  cli.run(main)

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from detcon import backbone, log_setup
+from detcon import backbone, cli, log_setup
 
 FeaturesFn = Callable[[jax.Array], jax.Array]
 Batch = Mapping[str, np.ndarray]
@@ -454,4 +454,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.adopt_module_key_flags(log_setup)  # --library_logs in --help.
-  app.run(main)
+  cli.run(main)

@@ -264,4 +264,4 @@ def main(argv):
 if __name__ == '__main__':
   _define_flags()
   flags.adopt_module_key_flags(log_setup)  # --library_logs in --help.
-  app.run(main)
+  cli.run(main)

@@ -80,7 +80,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from detcon import sample_data, voc
+from detcon import cli, sample_data, voc
 
 CLASS_NAMES = ('background', 'disc', 'square', 'triangle', 'cross', 'ring',
                'star', 'crescent', 'ellipse')
@@ -662,4 +662,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)
