@@ -25,7 +25,6 @@ from detcon import record_order
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5  # Protobuf wire types.
 _SESSION_START = 1
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _varint(n: int) -> bytes:
@@ -36,6 +35,15 @@ def _varint(n: int) -> bytes:
     n >>= 7
   out.append(n)
   return bytes(out)
+
+
+def _float32(value: float) -> bytes:
+  """`value` rounded to float32, little-endian; beyond its range +-inf, as
+  protobuf stores such a float field."""
+  try:
+    return struct.pack('<f', value)
+  except OverflowError:
+    return struct.pack('<f', math.copysign(math.inf, value))
 
 
 def _key(field: int, wire_type: int) -> bytes:
@@ -61,10 +69,8 @@ def event(step: int, *, file_version: str | None = None,
     out += _length_delimited(3, file_version.encode())
   if scalar is not None:
     tag, value = scalar
-    if abs(value) > _FLOAT32_MAX:  # A float field holds it as +-inf.
-      value = math.copysign(math.inf, value)
     value_message = (_length_delimited(1, tag.encode())
-                     + _key(2, _FIXED32) + struct.pack('<f', value))
+                     + _key(2, _FIXED32) + _float32(value))
     out += _length_delimited(5, _length_delimited(1, value_message))
   if session_start:
     out += _length_delimited(7, _key(1, _VARINT) + _varint(_SESSION_START))
