@@ -108,6 +108,13 @@ def masked_crc32c(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def frame(data: bytes) -> bytes:
+  """`data` as one TFRecord frame, the format `Reader` reads."""
+  length = struct.pack('<Q', len(data))
+  return (length + struct.pack('<I', masked_crc32c(length)) + data
+          + struct.pack('<I', masked_crc32c(data)))
+
+
 class Reader:
   """Reads records by index, keeping up to `max_open` files open.
 

@@ -1,11 +1,11 @@
 """TensorBoard scalars of a run, written as event files.
 
-An event file is a TFRecord file (frames as `record_order.Reader` reads
-them) of serialized `Event` protocol buffers (tensorflow/core/util/
-event.proto). Pretraining writes only scalars, so the few fields it needs
-are encoded here from their field numbers in protobuf's wire format,
-instead of importing tensorboardX, whose package imports PyTorch when it
-is installed: seconds at the start of every run. TensorBoard,
+An event file is a TFRecord file (frames of `record_order.frame`) of
+serialized `Event` protocol buffers (tensorflow/core/util/event.proto).
+Pretraining writes only scalars, so the few fields it needs are encoded
+here from their field numbers in protobuf's wire format, instead of
+importing tensorboardX, whose package imports PyTorch when it is
+installed: seconds at the start of every run. TensorBoard,
 `tf.compat.v1.train.summary_iterator` and `demo.read_scalars` read them.
 
 Fields used: Event.wall_time (1, double), step (2, int64), file_version
@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from detcon import record_order
 
@@ -77,13 +77,6 @@ def event(step: int, *, file_version: str | None = None,
   return out
 
 
-def _frame(data: bytes) -> bytes:
-  """`data` as one TFRecord frame."""
-  length = struct.pack('<Q', len(data))
-  return (length + struct.pack('<I', record_order.masked_crc32c(length))
-          + data + struct.pack('<I', record_order.masked_crc32c(data)))
-
-
 class ScalarWriter:
   """Appends scalars to a new event file in `log_dir` (created if missing).
 
@@ -96,17 +89,22 @@ class ScalarWriter:
     os.makedirs(log_dir, exist_ok=True)
     name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
     self._file = open(os.path.join(log_dir, name), 'ab')  # pylint: disable=consider-using-with
-    self._file.write(_frame(event(0, file_version='brain.Event:2')))
-    if purge_step is not None:
-      self._file.write(_frame(event(purge_step, file_version='brain.Event:2')))
-      self._file.write(_frame(event(purge_step, session_start=True)))
+    header = [event(0, file_version='brain.Event:2')]
+    if purge_step is not None:  # TensorBoard's purge marker.
+      header += [event(purge_step, file_version='brain.Event:2'),
+                 event(purge_step, session_start=True)]
+    self._append(header)
+
+  def _append(self, events: Iterable[bytes]) -> None:
+    """Writes serialized events, one frame each, and flushes the file."""
+    for e in events:
+      self._file.write(record_order.frame(e))
     self._file.flush()
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Writes one event per scalar at `step` and flushes the file."""
-    for tag, value in scalars.items():
-      self._file.write(_frame(event(step, scalar=(tag, float(value)))))
-    self._file.flush()
+    self._append(event(step, scalar=(tag, float(value)))
+                 for tag, value in scalars.items())
 
   def close(self) -> None:
     self._file.close()
