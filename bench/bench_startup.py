@@ -3,8 +3,8 @@ r"""What a command pays before its first step: import times of a fresh process.
 Every command, and each of the suite's end-to-end tests, starts a Python
 process that imports JAX (and TensorFlow, for tf.data, when it reads
 records). This prints, for each import, the median over `--runs` fresh
-interpreters of the seconds it takes after the imports listed before it,
-and the versions that gave them:
+interpreters of the seconds it takes after `import numpy`, and the versions
+that gave them:
 
 - `ml_dtypes` (bfloat16 and friends for NumPy; JAX and TensorFlow both
   import it first);
@@ -14,8 +14,6 @@ and the versions that gave them:
   is and with TensorFlow's eager Keras import skipped (`TF_USE_LEGACY_KERAS=1`
   without the `tf_keras` package: TensorFlow then fails to find Keras and
   goes on; nothing here uses Keras), in the same run.
-
-Each is timed after `import numpy`.
 
   python -m bench.bench_startup --runs=5
 """
@@ -55,11 +53,22 @@ def import_seconds(modules: str, env: dict[str, str]) -> float:
   return float(result.stdout.strip().splitlines()[-1])
 
 
+def installed_versions(names) -> str:
+  """E.g. 'numpy 2.4.6, jax 0.10.2' for those of `names` that are installed."""
+  versions = []
+  for name in names:
+    try:
+      versions.append(f'{name} {importlib.metadata.version(name)}')
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return ', '.join(versions)
+
+
 def main(argv):
   del argv
   print(machine.describe())
-  print(', '.join(f'{name} {importlib.metadata.version(name)}' for name in (
-      'numpy', 'ml-dtypes', 'jax', 'tensorflow-cpu', 'keras')))
+  print(installed_versions(('numpy', 'ml-dtypes', 'jax', 'tensorflow-cpu',
+                            'tensorflow', 'keras')))
   print(f'median of {_RUNS.value} fresh interpreters, seconds:')
   for label, modules, env in _CASES:
     times = [import_seconds(modules, env) for _ in range(_RUNS.value)]
