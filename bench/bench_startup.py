@@ -27,6 +27,7 @@ import sys
 from absl import app, flags
 
 from bench import machine
+from detcon.tools import commands
 
 _RUNS = flags.DEFINE_integer('runs', 5, 'Fresh interpreters per import.')
 
@@ -49,7 +50,7 @@ def import_seconds(modules: str, env: dict[str, str]) -> float:
   result = subprocess.run(
       [sys.executable, '-c', code], capture_output=True, text=True,
       check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env),
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      cwd=commands.REPO)
   return float(result.stdout.strip().splitlines()[-1])
 
 
