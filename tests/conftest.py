@@ -2,11 +2,13 @@
 
 The session compiles the same small networks many times, in this process
 and in the commands the end-to-end tests start. One JAX persistent
-compilation cache, in a fresh folder of this session, lets every compile
-after the first of a program be read back (XLA's own cache, keyed by the
-program and the compiler options, so what runs is unchanged). Subprocesses
-inherit it through the environment; it is set here, before anything
-imports JAX.
+compilation cache lets every compile after the first of a program be read
+back (XLA's own cache, keyed by the program, the compiler options and the
+JAX version, so what runs is unchanged). It is a folder of the virtualenv
+running the suite, kept from one session to the next: a later session of
+the same environment reads back what an earlier one compiled, and a new
+environment starts with none (`_environment_cache`). Subprocesses inherit
+it through the environment; it is set here, before anything imports JAX.
 
 `bash test.sh` runs the suite in parallel worker processes (pytest-xdist).
 The workers inherit the cache folder from the process that starts them, and
@@ -19,13 +21,35 @@ import gc
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 
+# A kept cache that has grown past this (old programs of earlier code; one
+# whole session adds about 40 MB) is emptied when a session starts.
+_CACHE_LIMIT_BYTES = 500 * 2**20
+
+
+def _environment_cache():
+  """(folder, kept): the compilation cache of the virtualenv running the
+  suite, made if missing, emptied first once over `_CACHE_LIMIT_BYTES`;
+  outside a virtualenv, or where it is read-only, a new temporary folder
+  removed when the session ends (kept False)."""
+  if sys.prefix == sys.base_prefix or not os.access(sys.prefix, os.W_OK):
+    return tempfile.mkdtemp(prefix='detcon_test_jax_cache_'), False
+  folder = os.path.join(sys.prefix, 'detcon-test-jax-cache')
+  size = sum(entry.stat().st_size for entry in os.scandir(folder)
+             if entry.is_file()) if os.path.isdir(folder) else 0
+  if size > _CACHE_LIMIT_BYTES:
+    shutil.rmtree(folder)
+  os.makedirs(folder, exist_ok=True)
+  return folder, True
+
+
 # The first process of the session (the only one, or xdist's controller)
-# makes the cache; workers and subprocesses find it in the environment.
-_OWN_CACHE = None
+# picks the cache; workers and subprocesses find it in the environment.
+_OWN_CACHE = _CACHE_KEPT = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  _OWN_CACHE = tempfile.mkdtemp(prefix='detcon_test_jax_cache_')
+  _OWN_CACHE, _CACHE_KEPT = _environment_cache()
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
@@ -178,9 +202,15 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  """Removes the compilation cache this process made, if it made one, and
-  spares the process's exit the last garbage collection (`cli.run`)."""
-  del session, exitstatus
-  if _OWN_CACHE is not None:
+  """Ends the compilation cache this process picked, if it picked one, and
+  spares the process's exit the last garbage collection (`cli.run`).
+
+  The environment's cache is kept only after a session that passed: after
+  a failure or an interrupt it is removed, so that an entry a killed
+  process left half-written cannot outlive the session that made it.
+  """
+  del session
+  if _OWN_CACHE is not None and not (_CACHE_KEPT
+                                     and exitstatus == pytest.ExitCode.OK):
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
   gc.freeze()
