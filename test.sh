@@ -10,6 +10,8 @@
 # The suite runs in DETCON_TEST_WORKERS parallel processes (default 2, one
 # per core of the development machines; 0 runs it in this process), each
 # module whole on one worker, the slowest modules first (tests/conftest.py).
+# What a passing session compiled is kept in the venv for the next one
+# (docs/testing.md, "One compilation cache").
 set -euo pipefail
 cd "$(dirname "$0")"
 DETCON_WITH_TORCH="${DETCON_WITH_TORCH:-1}" bash setup.sh
