@@ -53,16 +53,19 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-# XLA's CPU backend at optimisation level 0 (LLVM's cheap passes only): the
-# suite's small programs compile in about half the time and run a little
-# slower, which these few-step tests gain from. The results differ from the
-# default level's only in float rounding; every comparison in the suite is
-# between runs of this same setting or against a tolerance. The smoke run in
-# test.sh, the quick demo (`_quick_demo`) and every command outside the
-# suite compile at the default level.
+# XLA's CPU backend at optimisation level 0 (LLVM's cheap passes only), its
+# elementwise fusions emitted by the older direct LLVM emitter instead of
+# the MLIR fusion emitters: the suite's small programs compile in about
+# half the time and run a little slower, which these few-step tests gain
+# from. The results differ from the default level's only in float rounding;
+# every comparison in the suite is between runs of this same setting or
+# against a tolerance. The smoke run in test.sh, the quick demo
+# (`_quick_demo`) and every command outside the suite compile at XLA's
+# defaults.
 # Subprocesses inherit it; tests that add XLA flags keep it
 # (`common.two_devices_env`).
-_FAST_COMPILE = '--xla_backend_optimization_level=0'
+_FAST_COMPILE = ('--xla_backend_optimization_level=0 '
+                 '--xla_cpu_use_fusion_emitters=false')
 if _FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (
       f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip())
