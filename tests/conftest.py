@@ -55,9 +55,11 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # XLA's CPU backend at optimisation level 0 (LLVM's cheap passes only), its
 # elementwise fusions emitted by the older direct LLVM emitter instead of
-# the MLIR fusion emitters: the suite's small programs compile in about
-# half the time and run a little slower, which these few-step tests gain
-# from. The results differ from the default level's only in float rounding;
+# the MLIR fusion emitters, and no reductions handed to YNNPACK (an empty
+# list of YNN fusion types): the suite's small programs compile in about
+# half the time, a cached program loads in two thirds of the time, and
+# they run slower, which these few-step tests gain from. The results
+# differ from the defaults' only in float rounding;
 # every comparison in the suite is between runs of this same setting or
 # against a tolerance. The smoke run in test.sh, the quick demo
 # (`_quick_demo`) and every command outside the suite compile at XLA's
@@ -65,7 +67,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # Subprocesses inherit it; tests that add XLA flags keep it
 # (`common.two_devices_env`).
 _FAST_COMPILE = ('--xla_backend_optimization_level=0 '
-                 '--xla_cpu_use_fusion_emitters=false')
+                 '--xla_cpu_use_fusion_emitters=false '
+                 '--xla_cpu_experimental_ynn_fusion_type=')
 if _FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (
       f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip())
