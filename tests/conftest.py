@@ -59,11 +59,10 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # list of YNN fusion types): the suite's small programs compile in about
 # half the time, a cached program loads in two thirds of the time, and
 # they run slower, which these few-step tests gain from. The results
-# differ from the defaults' only in float rounding;
-# every comparison in the suite is between runs of this same setting or
-# against a tolerance. The smoke run in test.sh, the quick demo
-# (`_quick_demo`) and every command outside the suite compile at XLA's
-# defaults.
+# differ from the defaults' only in float rounding; every comparison in the
+# suite is between runs of this same setting or against a tolerance. The
+# smoke run in test.sh, the quick demo (`_quick_demo`) and every command
+# outside the suite compile at XLA's defaults.
 # Subprocesses inherit it; tests that add XLA flags keep it
 # (`common.two_devices_env`).
 _FAST_COMPILE = ('--xla_backend_optimization_level=0 '
